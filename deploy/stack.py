@@ -1,0 +1,248 @@
+"""Start the whole system locally: the dev sandbox (unless ``COFFEEPING_SANDBOX=off``) and the five
+services as child processes, with their settings. Used by ``deploy/run.sh`` and by the end-to-end tests.
+
+Development secrets (the vault's local key, the OAuth state secret, the webhook secret) are created
+once in ``var/dev-secrets.env`` and never printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
+
+SERVICES = {
+    # name: (module, schema or None, default port)
+    "accounts": ("coffeeping_accounts", "accounts", 50051),
+    "token-vault": ("coffeeping_vault", "vault", 50052),
+    "mailer": ("coffeeping_mailer", "mailer", 50053),
+    "reply-watcher": ("coffeeping_watcher", "watcher", 50054),
+    "auth-gateway": ("coffeeping_gateway", None, 8080),
+}
+GOOGLE_CLIENT_ID = "coffeeping-dev.apps.googleusercontent.com"
+SANDBOX_PORTS = {"clerk": 8701, "google": 8702, "kms": 8703}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_secrets(path: Path) -> dict[str, str]:
+    """Local development secrets, generated on first use and kept in a 0600 file."""
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key:
+                values[key] = value
+    wanted = {
+        "TOKEN_VAULT_LOCAL_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+        "OAUTH_STATE_SECRET": lambda: secrets.token_urlsafe(48),
+        "CLERK_WEBHOOK_SECRET": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        "GOOGLE_CLIENT_SECRET": lambda: "dev-" + secrets.token_urlsafe(24),
+        "GMAIL_PUSH_TOKEN": lambda: secrets.token_urlsafe(24),
+    }
+    changed = False
+    for key, make in wanted.items():
+        if key not in values:
+            values[key] = make()
+            changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{k}={v}\n" for k, v in values.items()))
+    return values
+
+
+@dataclass
+class StackConfig:
+    var_dir: Path = ROOT / "var"
+    database: str = "coffeeping"
+    admin_url: str = os.environ.get("ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL)
+    rabbitmq_url: str = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    messaging_prefix: str = "coffeeping"
+    sandbox: bool = os.environ.get("COFFEEPING_SANDBOX", "on") != "off"
+    ports: dict[str, int] = field(default_factory=lambda: {k: v[2] for k, v in SERVICES.items()})
+    sandbox_ports: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_PORTS))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    @classmethod
+    def ephemeral(cls, var_dir: Path, database: str, prefix: str) -> StackConfig:
+        """Free ports everywhere: for tests that run beside a developer's own stack."""
+        return cls(
+            var_dir=var_dir,
+            database=database,
+            messaging_prefix=prefix,
+            ports={name: free_port() for name in SERVICES},
+            sandbox_ports={name: free_port() for name in SANDBOX_PORTS},
+            log_dir=var_dir / "logs",
+        )
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['auth-gateway']}"
+
+    @property
+    def google_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_ports['google']}"
+
+    @property
+    def clerk_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_ports['clerk']}"
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.gateway_url}/v1/gmail/callback"
+
+    def sandbox_env(self) -> dict[str, str]:
+        google = self.google_url
+        return {
+            "CLERK_JWKS_URL": f"{self.clerk_url}/.well-known/jwks.json",
+            "CLERK_ISSUER": self.clerk_url,
+            "CLERK_AUTHORIZED_PARTIES": "http://localhost:3000",
+            "GOOGLE_AUTH_URL": f"{google}/o/oauth2/v2/auth",
+            "GOOGLE_TOKEN_URL": f"{google}/token",
+            "GOOGLE_REVOKE_URL": f"{google}/revoke",
+            "GOOGLE_USERINFO_URL": f"{google}/oauth2/v3/userinfo",
+            "GMAIL_API_ENDPOINT": google,
+            "KMS_ENDPOINT": f"127.0.0.1:{self.sandbox_ports['kms']}",
+            "KMS_KEY_NAME": "projects/coffeeping-dev/locations/global/keyRings/coffeeping/cryptoKeys/token-vault",
+        }
+
+    def env(self, service: str) -> dict[str, str]:
+        module, schema, _ = SERVICES[service]
+        certs = self.var_dir / "certs"
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/root"),
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            "TLS_CA_CERT": str(certs / "ca.pem"),
+            "TLS_CERT": str(certs / f"{service}.pem"),
+            "TLS_KEY": str(certs / f"{service}-key.pem"),
+            "RABBITMQ_URL": self.rabbitmq_url,
+            "MESSAGING_PREFIX": self.messaging_prefix,
+            "ACCOUNTS_GRPC_ADDR": f"127.0.0.1:{self.ports['accounts']}",
+            "VAULT_GRPC_ADDR": f"127.0.0.1:{self.ports['token-vault']}",
+            "MAILER_GRPC_ADDR": f"127.0.0.1:{self.ports['mailer']}",
+            "WATCHER_GRPC_ADDR": f"127.0.0.1:{self.ports['reply-watcher']}",
+            "GOOGLE_CLIENT_ID": GOOGLE_CLIENT_ID,
+            "GOOGLE_REDIRECT_URI": self.redirect_uri,
+            "APP_URL": "http://localhost:3000",
+            "CORS_ALLOWED_ORIGINS": "http://localhost:3000",
+            "MAILER_SCHEDULER_INTERVAL_S": "1",
+            "REPLY_WATCHER_POLL_INTERVAL_S": "5",
+        }
+        env.update(dev_secrets(self.var_dir / "dev-secrets.env"))
+        if self.sandbox:
+            env.update(self.sandbox_env())
+        else:
+            # Point the services at whatever the operator's environment names.
+            env.update({k: v for k, v in os.environ.items() if k not in env or k in self.sandbox_env()})
+        if schema:
+            env["DATABASE_URL"] = role_url(self.admin_url, self.database, f"cp_{schema}")
+            env["GRPC_PORT"] = str(self.ports[service])
+        else:
+            env["GATEWAY_PORT"] = str(self.ports[service])
+        env.update(self.extra_env)
+        return env
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.sandbox_proc: subprocess.Popen[bytes] | None = None
+
+    def prepare(self) -> None:
+        from coffeeping.common.certs import ensure
+
+        ensure(self.config.var_dir / "certs")
+        dev_secrets(self.config.var_dir / "dev-secrets.env")
+        bootstrap(self.config.admin_url, self.config.database)
+
+    def _output(self, name: str) -> int | object:
+        if self.config.log_dir is None:
+            return None  # inherit the terminal
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+
+    def start_sandbox(self) -> None:
+        secret = dev_secrets(self.config.var_dir / "dev-secrets.env")["GOOGLE_CLIENT_SECRET"]
+        ports = self.config.sandbox_ports
+        cmd = [
+            sys.executable, "-m", "coffeeping_sandbox",
+            "--google-port", str(ports["google"]), "--kms-port", str(ports["kms"]),
+            "--clerk-port", str(ports["clerk"]),
+            "--client", f"{GOOGLE_CLIENT_ID}:{secret}:{self.config.redirect_uri}",
+        ]
+        out = self._output("sandbox")
+        self.sandbox_proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
+        _wait_port(ports["google"], self.sandbox_proc)
+        _wait_port(ports["clerk"], self.sandbox_proc)
+
+    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+        module = SERVICES[name][0]
+        out = self._output(name)
+        proc = subprocess.Popen([sys.executable, "-m", module], env=self.config.env(name), stdout=out,  # type: ignore[arg-type]
+                                stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        if self.config.sandbox:
+            self.start_sandbox()
+        for name in SERVICES:
+            self.start_service(name)
+        for name in SERVICES:
+            _wait_port(self.config.ports[name], self.procs[name])
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        # The gateway first (no new requests), then the services, then their stand-ins.
+        for name in reversed(list(SERVICES)):
+            self.stop_service(name)
+        if self.sandbox_proc and self.sandbox_proc.poll() is None:
+            self.sandbox_proc.terminate()
+            try:
+                self.sandbox_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.sandbox_proc.kill()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open within {timeout}s")

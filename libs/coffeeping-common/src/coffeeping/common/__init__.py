@@ -1,0 +1,1 @@
+"""Code shared by every CoffeePing service. It imports no service."""

@@ -1,0 +1,83 @@
+"""Database engines and per-transaction row-level-security scope.
+
+Every query a service makes runs inside ``user_tx`` (one user's rows) or ``system_tx`` (the few
+infrastructure tables a worker scans across users). Both set the scope with
+``set_config(name, value, true)`` inside an explicit transaction, so it ends with the transaction and
+a pooled connection returned to the pool carries no user.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, create_engine, text
+
+USER_SETTING = "app.user_id"
+SCOPE_SETTING = "app.scope"
+# Clerk user ids look like ``user_2abc...``; anything else is refused before it reaches SQL.
+_USER_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+class InvalidUserId(ValueError):
+    pass
+
+
+def validate_user_id(user_id: str) -> str:
+    if not isinstance(user_id, str) or not _USER_ID.match(user_id):
+        raise InvalidUserId("invalid user id")
+    return user_id
+
+
+def make_engine(url: str, pool_size: int = 5, application_name: str = "coffeeping") -> Engine:
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name, "connect_timeout": 5},
+    )
+
+
+@contextmanager
+def user_tx(engine: Engine, user_id: str, system: bool = False) -> Iterator[Connection]:
+    """A transaction that can see and write only ``user_id``'s rows.
+
+    ``system=True`` also opens the infrastructure tables (outbox, dedupe), for a consumer that
+    handles one user's event and records it in the same transaction.
+    """
+    validate_user_id(user_id)
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config(:k, :v, true)"), {"k": USER_SETTING, "v": user_id})
+        if system:
+            conn.execute(text("SELECT set_config(:k, 'system', true)"), {"k": SCOPE_SETTING})
+        yield conn
+
+
+@contextmanager
+def system_tx(engine: Engine) -> Iterator[Connection]:
+    """A transaction over the infrastructure tables (outbox, job queues, dedupe) across users.
+
+    User tables stay closed to it: their policies look at the user setting only.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config(:k, 'system', true)"), {"k": SCOPE_SETTING})
+        yield conn
+
+
+def rls_statements(schema: str, table: str, system_access: bool = False) -> list[str]:
+    """DDL that turns on forced row-level security for a table keyed by ``user_id``.
+
+    Used by every service's Alembic migrations so that the policy text is the same everywhere.
+    """
+    predicate = f"user_id = current_setting('{USER_SETTING}', true)"
+    if system_access:
+        predicate = f"{predicate} OR current_setting('{SCOPE_SETTING}', true) = 'system'"
+    qualified = f"{schema}.{table}"
+    return [
+        f"ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {table}_owner ON {qualified}",
+        f"CREATE POLICY {table}_owner ON {qualified} USING ({predicate}) WITH CHECK ({predicate})",
+    ]

@@ -1,0 +1,95 @@
+"""Structured logging: one JSON object per line, with the request id that follows a request.
+
+The request id lives in a context variable. The gateway sets it per HTTP request, the gRPC
+interceptor per call (from ``x-request-id`` metadata), and the messaging consumer per event (from the
+envelope), so a request can be followed across HTTP, gRPC and AMQP.
+
+Log calls must never carry a token, key, ``Authorization`` header, subject or body. As a second line of
+defence the formatter masks anything that looks like a bearer token, JWT or Google token.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),  # JWT
+    re.compile(r"ya29\.[A-Za-z0-9._-]+"),  # Google access token
+    re.compile(r"1//[A-Za-z0-9._-]+"),  # Google refresh token
+    re.compile(r"(?i)(access_token|refresh_token|client_secret|code_verifier)=[^&\s]+"),
+]
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def mask_secrets(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[redacted]", text)
+    return text
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    return request_id_var.get()
+
+
+@contextmanager
+def request_context(request_id: str | None) -> Iterator[str]:
+    """Bind a request id (a new one when none is given or it looks wrong) for the block."""
+    rid = request_id if request_id and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", request_id) else new_request_id()
+    token = request_id_var.set(rid)
+    try:
+        yield rid
+    finally:
+        request_id_var.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = request_id_var.get()
+        if rid:
+            entry["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
+        if record.exc_info:
+            # The exception type and message only: a traceback can carry local values.
+            exc = record.exc_info[1]
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        return mask_secrets(json.dumps(entry, ensure_ascii=False))
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Client libraries log request URLs and bodies at DEBUG; keep them quiet.
+    for noisy in ("googleapiclient", "google", "urllib3", "kombu", "amqp", "grpc", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

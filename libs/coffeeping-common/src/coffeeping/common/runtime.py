@@ -1,0 +1,55 @@
+"""The shape every service's entry point shares: settings, logging, a gRPC server, background
+workers, and an orderly drain on SIGTERM (health NOT_SERVING, ``server.stop(grace)``, then the
+workers finish their current item)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from coffeeping.common.config import amqp_url, db_url, integer, setting
+from coffeeping.common.rpc import RunningServer, TlsSettings, shutdown_event
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[threading.Event], None]
+
+
+@dataclass(frozen=True)
+class ServiceSettings(TlsSettings):
+    database_url: str = setting("DATABASE_URL", db_url)
+    rabbitmq_url: str = setting("RABBITMQ_URL", amqp_url, default="amqp://guest:guest@127.0.0.1:5672//")
+    messaging_prefix: str = setting("MESSAGING_PREFIX", default="coffeeping")
+    grpc_port: int = setting("GRPC_PORT", integer(0, 65535))
+    log_level: str = setting("LOG_LEVEL", default="INFO")
+    shutdown_grace_s: int = setting("SHUTDOWN_GRACE_S", integer(0, 300), default=10)
+
+
+def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Worker]] = ()) -> None:
+    """Run ``workers`` in threads next to ``server`` until SIGTERM/SIGINT, then drain both."""
+    done = shutdown_event()
+    stop_workers = threading.Event()
+    threads = []
+    for name, worker in workers:
+        thread = threading.Thread(target=_guarded(name, worker), args=(stop_workers,), name=name, daemon=True)
+        thread.start()
+        threads.append(thread)
+    done.wait()
+    server.stop()
+    stop_workers.set()
+    for thread in threads:
+        thread.join(timeout=server.grace)
+    log.info("stopped")
+
+
+def _guarded(name: str, worker: Worker) -> Worker:
+    def run(stop: threading.Event) -> None:
+        try:
+            worker(stop)
+        except Exception:
+            log.exception("worker crashed", extra={"worker": name})
+            raise
+
+    return run

@@ -1,0 +1,3 @@
+"""CoffeePing accounts service: the user record, export, and account deletion."""
+
+SERVICE = "accounts"

@@ -1,0 +1,26 @@
+"""What the accounts service does, independent of how it is called."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert
+
+from coffeeping.common.db import user_tx
+from coffeeping_accounts.models import users
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    created_at: dt.datetime
+
+
+def get_or_create_user(engine: Engine, user_id: str) -> User:
+    """The user's record, created on first sight (concurrent first requests create one row)."""
+    with user_tx(engine, user_id) as conn:
+        conn.execute(insert(users).values(user_id=user_id).on_conflict_do_nothing(index_elements=["user_id"]))
+        row = conn.execute(select(users.c.user_id, users.c.created_at).where(users.c.user_id == user_id)).one()
+    return User(row.user_id, row.created_at)

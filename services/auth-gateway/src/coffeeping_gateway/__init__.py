@@ -1,0 +1,3 @@
+"""CoffeePing auth gateway: the only public HTTP entry."""
+
+SERVICE = "auth-gateway"

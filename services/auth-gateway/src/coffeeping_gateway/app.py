@@ -1,0 +1,110 @@
+"""The Flask application: security headers, authentication, problem+json errors, request ids."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from coffeeping.common.logging import new_request_id, request_id_var
+from coffeeping_gateway import views
+from coffeeping_gateway.auth import ClerkVerifier, InvalidToken, JwksCache
+from coffeeping_gateway.clients import Clients
+from coffeeping_gateway.config import Settings
+from coffeeping_gateway.problems import Problem, problem_response
+
+log = logging.getLogger("coffeeping_gateway.access")
+
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    return request.cookies.get("__session")
+
+
+def create_app(settings: Settings, verifier: ClerkVerifier | None = None, clients: Clients | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["coffeeping.settings"] = settings
+    app.extensions["coffeeping.verifier"] = verifier or ClerkVerifier(
+        JwksCache(settings.clerk_jwks_url), settings.clerk_issuer, settings.clerk_authorized_parties
+    )
+    app.extensions["coffeeping.clients"] = clients or Clients(settings, settings.for_service("auth-gateway"))
+    for blueprint in views.blueprints():
+        app.register_blueprint(blueprint)
+
+    @app.before_request
+    def start() -> Response | None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if incoming.isalnum() and len(incoming) <= 64 else new_request_id()
+        request_id_var.set(rid)
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            return Response(status=204)
+        view = app.view_functions.get(request.endpoint or "")
+        if view is None or getattr(view, "public", False):
+            return None
+        token = _bearer_token()
+        try:
+            g.session = app.extensions["coffeeping.verifier"].verify(token or "")
+        except InvalidToken as exc:
+            log.info("authentication refused", extra={"reason": str(exc)})
+            return problem_response(401, "a valid session token is required",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.path.startswith("/v1/"):
+            response.headers["Cache-Control"] = "no-store"
+        origin = request.headers.get("Origin")
+        if origin and origin in settings.cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.headers.add("Vary", "Origin")
+        response.headers["X-Request-ID"] = request_id_var.get()
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        log.info("request", extra={"method": request.method, "route": rule, "status": response.status_code,
+                                   "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)})
+        return response
+
+    @app.errorhandler(Problem)
+    def on_problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.detail, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def on_http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        detail = {413: "the request body is too large", 404: "no such resource",
+                  405: "method not allowed for this resource"}.get(status, "")
+        response = problem_response(status, detail)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def on_error(exc: Exception) -> Any:
+        log.error("unhandled error", extra={"error": type(exc).__name__})
+        return problem_response(500, "an unexpected error occurred")
+
+    return app

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coffeeping.common.config import csv_list, host_port, integer, secret_text, setting, url
+from coffeeping.common.rpc import TlsSettings
+
+
+@dataclass(frozen=True)
+class Settings(TlsSettings):
+    port: int = setting("GATEWAY_PORT", integer(1, 65535), default=8080)
+    workers: int = setting("GATEWAY_WORKERS", integer(1, 64), default=2)
+    threads: int = setting("GATEWAY_THREADS", integer(1, 256), default=16)
+    clerk_jwks_url: str = setting("CLERK_JWKS_URL", url)
+    clerk_issuer: str = setting("CLERK_ISSUER", url)
+    clerk_authorized_parties: tuple[str, ...] = setting("CLERK_AUTHORIZED_PARTIES", csv_list, default=())
+    clerk_webhook_secret: str = setting("CLERK_WEBHOOK_SECRET", secret_text(16), secret=True)
+    oauth_state_secret: str = setting("OAUTH_STATE_SECRET", secret_text(32), secret=True)
+    google_client_id: str = setting("GOOGLE_CLIENT_ID")
+    google_redirect_uri: str = setting("GOOGLE_REDIRECT_URI", url)
+    google_auth_url: str = setting("GOOGLE_AUTH_URL", url, default="https://accounts.google.com/o/oauth2/v2/auth")
+    app_url: str = setting("APP_URL", url)
+    cors_origins: tuple[str, ...] = setting("CORS_ALLOWED_ORIGINS", csv_list, default=())
+    max_body_bytes: int = setting("GATEWAY_MAX_BODY_BYTES", integer(1024, 64 * 1024 * 1024), default=2 * 1024 * 1024)
+    accounts_addr: str = setting("ACCOUNTS_GRPC_ADDR", host_port, default="127.0.0.1:50051")
+    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    mailer_addr: str = setting("MAILER_GRPC_ADDR", host_port, default="127.0.0.1:50053")
+    watcher_addr: str = setting("WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
+    rpc_timeout_s: int = setting("GATEWAY_RPC_TIMEOUT_S", integer(1, 600), default=30)
+    log_level: str = setting("LOG_LEVEL", default="INFO")
+    pubsub_verification_token: str = setting("GMAIL_PUSH_TOKEN", default="", secret=True)

@@ -1,0 +1,47 @@
+"""The OpenAPI 3.1 document, assembled from the blueprints' own path items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coffeeping_gateway import views
+
+_PROBLEM = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CoffeePing API",
+            "version": "1.0.0",
+            "description": "Cold email with follow-ups that stop when the contact replies. Every /v1 route needs "
+            "a Clerk session token (Authorization: Bearer, or the __session cookie). Errors are "
+            "application/problem+json (RFC 9457).",
+        },
+        "security": [{"clerkSession": []}],
+        "paths": views.paths(),
+        "components": {
+            "securitySchemes": {"clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Problem": _PROBLEM, **views.schemas()},
+            "responses": {
+                "Unauthorized": {
+                    "description": "missing or invalid session token",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+                "ValidationError": {
+                    "description": "the request is well-formed but invalid; `errors` lists the fields",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+            },
+        },
+    }

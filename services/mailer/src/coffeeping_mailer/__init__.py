@@ -1,0 +1,3 @@
+"""CoffeePing mailer: contacts, sequences, sending through Gmail, follow-up drafts."""
+
+SERVICE = "mailer"

@@ -1,0 +1,3 @@
+"""CoffeePing reply watcher: detects replies from Gmail thread metadata only."""
+
+SERVICE = "reply-watcher"

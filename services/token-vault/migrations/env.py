@@ -1,0 +1,3 @@
+from coffeeping.common.migrations import run_env
+
+run_env("vault")

@@ -1,0 +1,193 @@
+"""Fixtures that start what the tests need: a real PostgreSQL, a real RabbitMQ, the dev certificates,
+and (for end-to-end tests) the whole system as child processes against the sandbox.
+
+The local servers are used when they answer; otherwise testcontainers starts them where a Docker
+engine exists. Each test session gets its own database and messaging prefix, so several sessions
+(and a developer's own running stack) never see each other's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from bootstrap_db import DEFAULT_ADMIN_URL, SCHEMAS, bootstrap, role_url  # noqa: E402
+from stack import Stack, StackConfig  # noqa: E402
+
+
+def _answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    if _answers("127.0.0.1", 5432):
+        yield DEFAULT_ADMIN_URL
+        return
+    try:
+        from testcontainers.postgres import PostgresContainer  # deprecated name still works in 4.x
+
+        container = PostgresContainer("postgres:15", username="postgres", password="postgres", dbname="postgres")
+        container.start()
+    except Exception as exc:  # DockerException when no engine answers
+        pytest.fail(f"no PostgreSQL on 127.0.0.1:5432 and no Docker engine for testcontainers ({exc})")
+    try:
+        yield container.get_connection_url(driver=None)
+    finally:
+        container.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    if _answers("127.0.0.1", 5672):
+        yield "amqp://guest:guest@127.0.0.1:5672//"
+        return
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        container = RabbitMqContainer("rabbitmq:3.13")
+        container.start()
+    except Exception as exc:
+        pytest.fail(f"no RabbitMQ on 127.0.0.1:5672 and no Docker engine for testcontainers ({exc})")
+    try:
+        params = container.get_connection_params()
+        yield f"amqp://guest:guest@{params.host}:{params.port}//"
+    finally:
+        container.stop()
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    admin_url: str  # superuser, connected to the test database (for inspection only)
+    server_admin_url: str
+
+    def app_url(self, schema: str) -> str:
+        return role_url(self.server_admin_url, self.name, f"cp_{schema}")
+
+    def owner_url(self, schema: str) -> str:
+        return role_url(self.server_admin_url, self.name, f"cp_{schema}_owner")
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database(pg_admin_url: str) -> Iterator[Database]:
+    """A fresh database with every service's schema, roles and migrations."""
+    name = f"cp_test_{uuid.uuid4().hex[:10]}"
+    bootstrap(pg_admin_url, name)
+    base = pg_admin_url.rsplit("/", 1)[0]
+    try:
+        yield Database(name, f"{base}/{name}", pg_admin_url)
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def messaging_prefix(amqp_url: str) -> Iterator[str]:
+    prefix = f"cptest{uuid.uuid4().hex[:8]}"
+    yield prefix
+    from kombu import Connection
+
+    # Leave nothing behind on the shared broker.
+    with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for service in ("accounts", "token-vault", "mailer", "reply-watcher"):
+            for queue in (f"{prefix}.{service}", f"{prefix}.{service}.dead"):
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(queue)
+                    channel = conn.channel()
+        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
+            with contextlib.suppress(Exception):
+                channel.exchange_delete(exchange)
+                channel = conn.channel()
+
+
+@pytest.fixture(scope="session")
+def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+def certs(var_dir: Path) -> Path:
+    from coffeeping.common.certs import ensure
+
+    return ensure(var_dir / "certs")
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    config: StackConfig
+    database: Database
+
+    @property
+    def url(self) -> str:
+        return self.config.gateway_url
+
+    @property
+    def google(self) -> str:
+        return self.config.google_url
+
+    def token(self, user_id: str, **claims: object) -> str:
+        reply = requests.post(f"{self.config.clerk_url}/_sandbox/tokens", json={"user_id": user_id, **claims},
+                              timeout=10)
+        reply.raise_for_status()
+        return str(reply.json()["token"])
+
+    def session(self, user_id: str) -> requests.Session:
+        """An HTTP session that signs each request with a fresh token for ``user_id``."""
+        stack = self
+
+        class _Signed(requests.Session):
+            def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+                headers = kwargs.pop("headers", None) or {}
+                headers.setdefault("Authorization", f"Bearer {stack.token(user_id)}")
+                if url.startswith("/"):
+                    url = stack.url + url
+                return super().request(method, url, *args, headers=headers, timeout=kwargs.pop("timeout", 30),
+                                       **kwargs)
+
+        return _Signed()
+
+    def reset_sandbox(self) -> None:
+        requests.post(f"{self.google}/_sandbox/reset", timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def stack(database: Database, amqp_url: str, messaging_prefix: str, var_dir: Path,
+          certs: Path) -> Iterator[RunningStack]:
+    """The five services and the sandbox, as a user runs them, on free ports."""
+    config = StackConfig.ephemeral(var_dir, database.name, messaging_prefix)
+    config.admin_url = database.server_admin_url
+    config.rabbitmq_url = amqp_url
+    config.extra_env.update({"MAILER_SCHEDULER_INTERVAL_S": "0.5", "REPLY_WATCHER_POLL_INTERVAL_S": "1",
+                             "LOG_LEVEL": "INFO"})
+    running = Stack(config)
+    try:
+        running.start()
+        yield RunningStack(running, config, database)
+    finally:
+        running.stop()
+
+
+def all_schemas() -> list[str]:
+    return list(SCHEMAS)
