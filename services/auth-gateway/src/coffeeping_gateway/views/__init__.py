@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint
 
-from coffeeping_gateway.views import account, gmail, me, outreach, system
+from coffeeping_gateway.views import account, gmail, me, outreach, push, system
 
-MODULES = (system, me, gmail, outreach, account)
+MODULES = (system, me, gmail, outreach, account, push)
 
 
 def blueprints() -> list[Blueprint]:

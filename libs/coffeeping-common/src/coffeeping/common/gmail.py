@@ -1,0 +1,108 @@
+"""Gmail clients for the services that talk to Gmail (mailer, reply watcher).
+
+Access tokens come from the token vault over gRPC: a service never holds a refresh token. The
+google-api-python-client is built from the discovery document that ships with it (offline), pointed
+at ``GMAIL_API_ENDPOINT``, and its credentials fetch a fresh token from the vault when needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import google_auth_httplib2
+import googleapiclient
+import grpc
+import httplib2
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build_from_document
+
+from coffeeping.common.rpc import call_metadata
+from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
+
+# Refresh a cached token this long before Google would refuse it.
+_EARLY = dt.timedelta(seconds=60)
+
+
+class NeedsReconnect(Exception):
+    """The vault says the user's grant is gone or revoked: the user must reconnect Gmail."""
+
+
+class VaultUnavailable(Exception):
+    """The vault (or Google behind it) could not give a token right now; retry later."""
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_at: dt.datetime
+    email: str
+    scopes: tuple[str, ...]
+
+
+class VaultTokenSource:
+    """Short-lived access tokens from the vault, cached per user until shortly before expiry."""
+
+    def __init__(self, stub: vault_pb2_grpc.TokenVaultStub, timeout_s: float = 15.0) -> None:
+        self.stub = stub
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._cache: dict[str, AccessToken] = {}
+
+    def get(self, user_id: str, force: bool = False) -> AccessToken:
+        now = dt.datetime.now(dt.timezone.utc)
+        cached = self._cache.get(user_id)
+        if cached and not force and cached.expires_at - _EARLY > now:
+            return cached
+        try:
+            reply = self.stub.GetAccessToken(
+                vault_pb2.GetAccessTokenRequest(), metadata=call_metadata(user_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                with self._lock:
+                    self._cache.pop(user_id, None)
+                raise NeedsReconnect(user_id) from None
+            raise VaultUnavailable(exc.code().name) from None
+        token = AccessToken(
+            reply.access_token,
+            reply.expires_at.ToDatetime(tzinfo=dt.timezone.utc),
+            reply.email,
+            tuple(reply.scopes),
+        )
+        with self._lock:
+            self._cache[user_id] = token
+        return token
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._cache.pop(user_id, None)
+
+
+@lru_cache(maxsize=1)
+def _discovery_document() -> dict[str, Any]:
+    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "gmail.v1.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def gmail_client(endpoint: str, tokens: VaultTokenSource, user_id: str, timeout_s: float = 30.0) -> Any:
+    """A Gmail API client for one user. Not thread-safe: build one per thread or task."""
+    token = tokens.get(user_id)
+
+    def refresh(_request: Any, scopes: Any) -> tuple[str, dt.datetime]:
+        fresh = tokens.get(user_id, force=True)
+        return fresh.token, fresh.expires_at.replace(tzinfo=None)
+
+    credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
+                              refresh_handler=refresh)
+    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout_s))
+    return build_from_document(
+        _discovery_document(),
+        http=http,
+        client_options={"api_endpoint": endpoint},
+    )
