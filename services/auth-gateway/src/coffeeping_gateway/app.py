@@ -84,8 +84,9 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
             response.headers.add("Vary", "Origin")
         response.headers["X-Request-ID"] = request_id_var.get()
         rule = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
         log.info("request", extra={"method": request.method, "route": rule, "status": response.status_code,
-                                   "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)})
+                                   "ms": elapsed_ms})
         return response
 
     @app.errorhandler(Problem)

@@ -39,7 +39,7 @@ def _load_or_create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCu
         return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CoffeePing development CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -63,7 +63,7 @@ def issue(
     directory: Path, service: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = [
         x509.DNSName(service),
         x509.DNSName("localhost"),

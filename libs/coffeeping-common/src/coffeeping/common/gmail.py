@@ -55,7 +55,7 @@ class VaultTokenSource:
         self._cache: dict[str, AccessToken] = {}
 
     def get(self, user_id: str, force: bool = False) -> AccessToken:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cached = self._cache.get(user_id)
         if cached and not force and cached.expires_at - _EARLY > now:
             return cached
@@ -71,7 +71,7 @@ class VaultTokenSource:
             raise VaultUnavailable(exc.code().name) from None
         token = AccessToken(
             reply.access_token,
-            reply.expires_at.ToDatetime(tzinfo=dt.timezone.utc),
+            reply.expires_at.ToDatetime(tzinfo=dt.UTC),
             reply.email,
             tuple(reply.scopes),
         )

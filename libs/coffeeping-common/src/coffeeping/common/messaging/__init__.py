@@ -1,0 +1,32 @@
+"""Messaging backbone: transactional outbox, confirmed relay, deduplicating consumer, dead letters.
+
+Topology (``declare_topology``): topic exchange ``<prefix>.events``; per consuming service a quorum
+queue ``<prefix>.<service>`` with ``x-delivery-limit`` dead-lettering through ``<prefix>.dlx`` into
+``<prefix>.<service>.dead``. Events are JSON envelopes
+``{"id", "type", "user_id", "occurred_at", "request_id", "payload"}`` routed by ``type``.
+
+Log lines carry event ids, types and counts, never payloads.
+"""
+
+from __future__ import annotations
+
+from .consumer import Consumer, MalformedEvent, parse_event
+from .dead_letters import requeue_dead_letters
+from .outbox import OutboxRelay, make_envelope, outbox_ddl, outbox_drop_ddl, pending_count, publish_in_tx
+from .topology import DEFAULT_DELIVERY_LIMIT, declare_events_exchange, declare_topology
+
+__all__ = [
+    "DEFAULT_DELIVERY_LIMIT",
+    "Consumer",
+    "MalformedEvent",
+    "OutboxRelay",
+    "declare_events_exchange",
+    "declare_topology",
+    "make_envelope",
+    "outbox_ddl",
+    "outbox_drop_ddl",
+    "parse_event",
+    "pending_count",
+    "publish_in_tx",
+    "requeue_dead_letters",
+]

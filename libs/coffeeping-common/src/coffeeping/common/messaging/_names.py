@@ -1,0 +1,58 @@
+"""Names and validation shared by the messaging modules (exchanges, queues, identifiers)."""
+
+from __future__ import annotations
+
+import re
+
+# A PostgreSQL identifier we interpolate into DDL/DML: lower-case, no quoting needed.
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+# Exchange/queue name parts.
+_NAME_PART = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+# A routing key / event type: dotted words, no AMQP topic wildcards.
+_EVENT_TYPE = re.compile(r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$")
+# A binding key may use the topic wildcards ``*`` and ``#`` as whole words.
+_BINDING_KEY = re.compile(r"^([a-z0-9_\-]+|\*|#)(\.([a-z0-9_\-]+|\*|#))*$")
+
+
+def check_schema(schema: str) -> str:
+    if not isinstance(schema, str) or not _SCHEMA.match(schema):
+        raise ValueError("invalid schema name")
+    return schema
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 100 or not _NAME_PART.match(value):
+        raise ValueError(f"invalid {what}")
+    return value
+
+
+def check_event_type(event_type: str) -> str:
+    if not isinstance(event_type, str) or len(event_type) > 200 or not _EVENT_TYPE.match(event_type):
+        raise ValueError("invalid event type")
+    return event_type
+
+
+def check_binding_key(key: str) -> str:
+    if not isinstance(key, str) or len(key) > 200 or not _BINDING_KEY.match(key):
+        raise ValueError("invalid routing key")
+    return key
+
+
+def events_exchange(prefix: str) -> str:
+    return f"{check_name(prefix, 'prefix')}.events"
+
+
+def dlx_exchange(prefix: str) -> str:
+    return f"{check_name(prefix, 'prefix')}.dlx"
+
+
+def service_queue(prefix: str, service: str) -> str:
+    return f"{check_name(prefix, 'prefix')}.{check_name(service, 'service')}"
+
+
+def dead_queue(prefix: str, service: str) -> str:
+    return f"{service_queue(prefix, service)}.dead"
+
+
+def notify_channel(schema: str) -> str:
+    return f"{check_schema(schema)}_outbox"

@@ -1,0 +1,233 @@
+"""Consumer: one database transaction per event, deduplicated by event id, ack after commit.
+
+For each delivery the consumer opens ``user_tx(engine, event["user_id"], system=True)``, inserts the
+event id into ``<schema>.inbox`` (``ON CONFLICT DO NOTHING``) and, only if the id is new, calls
+``handler(conn, event)`` in the same transaction. The message is acked after the commit, so a crash at
+any point either redelivers the event (nothing committed) or redelivers a duplicate that the inbox
+absorbs (committed, not yet acked).
+
+A handler exception rolls back, waits ``min(retry_base * 2**n, retry_cap)`` seconds where ``n`` is the
+quorum queue's ``x-delivery-count`` header, and rejects with requeue; after the queue's
+``x-delivery-limit`` the broker dead-letters the message to ``<prefix>.<service>.dead``. A malformed
+message (not JSON, no valid id / type / user_id) is dead-lettered at once. Losing the database
+connection is not the message's fault: the consumer keeps the delivery and retries it in-process until
+the database is back (so an outage does not dead-letter good messages).
+
+The handler may do external I/O (it runs inside the transaction, before the commit); it must then be
+idempotent towards that system too, since the event can be redelivered after a crash. One consumer
+processes one message at a time; run several for parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext, suppress
+from typing import Any
+
+import psycopg
+from kombu import Connection, Queue
+from kombu import Consumer as KombuConsumer
+from sqlalchemy import Connection as SAConnection
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from ..db import InvalidUserId, user_tx, validate_user_id
+from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
+from .topology import DEFAULT_DELIVERY_LIMIT, declare_topology
+
+log = logging.getLogger("coffeeping.messaging.consumer")
+
+try:
+    from ..logging import request_context
+except ImportError:  # pragma: no cover
+    request_context = None  # type: ignore[assignment]
+
+Handler = Callable[[SAConnection, dict], None]
+
+
+class MalformedEvent(ValueError):
+    pass
+
+
+def parse_event(body: bytes | str) -> dict:
+    """Decode and check an envelope; raise ``MalformedEvent`` (never echoing the content)."""
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedEvent("not JSON") from None
+    if not isinstance(event, dict):
+        raise MalformedEvent("not an object")
+    try:
+        event["id"] = str(uuid.UUID(str(event["id"])))
+        check_event_type(event["type"])
+        validate_user_id(event["user_id"])
+    except (KeyError, ValueError, TypeError, InvalidUserId):
+        raise MalformedEvent("missing or invalid id, type or user_id") from None
+    if not isinstance(event.get("payload", {}), dict):
+        raise MalformedEvent("payload is not an object")
+    event.setdefault("payload", {})
+    return event
+
+
+def _is_connection_loss(exc: BaseException) -> bool:
+    """True when the database (not the event) is the problem: connection refused, dropped, reset."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        return type(orig) is psycopg.OperationalError or isinstance(orig, psycopg.errors.AdminShutdown)
+    return isinstance(exc, psycopg.OperationalError) and type(exc) is psycopg.OperationalError
+
+
+class Consumer:
+    def __init__(
+        self,
+        amqp_url: str,
+        prefix: str,
+        service: str,
+        routing_keys: Iterable[str],
+        engine: Engine,
+        schema: str,
+        handler: Handler,
+        prefetch: int = 10,
+        *,
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        retry_base: float = 0.2,
+        retry_cap: float = 5.0,
+        heartbeat: int = 30,
+        reconnect_cap: float = 5.0,
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.prefix = check_name(prefix, "prefix")
+        self.service = check_name(service, "service")
+        self.routing_keys = [check_binding_key(k) for k in routing_keys]
+        self.engine = engine
+        self.schema = check_schema(schema)
+        self.handler = handler
+        self.prefetch = int(prefetch)
+        self.delivery_limit = delivery_limit
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.heartbeat = heartbeat
+        self.reconnect_cap = reconnect_cap
+        self.connected = threading.Event()  # set while consuming (tests, health checks)
+        self._stop = threading.Event()
+        self._conn: Connection | None = None
+
+    # -- one message ----------------------------------------------------------------------------------
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, interruptible by stop, keeping AMQP heartbeats going."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 1.0))
+            if self._conn is not None:
+                with suppress(Exception):  # the drain loop will notice a dead connection
+                    self._conn.heartbeat_check()
+
+    def _apply(self, event: dict) -> bool:
+        """Run dedupe + handler in one transaction; True if the handler ran, False if a duplicate."""
+        with user_tx(self.engine, event["user_id"], system=True) as conn:
+            fresh = conn.execute(
+                text(
+                    f"INSERT INTO {self.schema}.inbox (event_id, user_id) VALUES (CAST(:id AS uuid), :u) "
+                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+                ),
+                {"id": event["id"], "u": event["user_id"]},
+            ).first()
+            if fresh is None:
+                return False
+            self.handler(conn, event)
+            return True
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            event = parse_event(message.body)
+        except MalformedEvent as exc:
+            log.error(
+                "malformed message dead-lettered",
+                extra={"reason": str(exc), "message_id": str(message.properties.get("message_id") or "")},
+            )
+            message.reject(requeue=False)
+            return
+        request_id = event.get("request_id") or message.properties.get("correlation_id")
+        ctx = request_context(str(request_id) if request_id else None) if request_context else nullcontext()
+        info = {"event_id": event["id"], "event_type": event["type"]}
+        with ctx:
+            db_failures = 0
+            while True:
+                try:
+                    ran = self._apply(event)
+                except Exception as exc:  # noqa: BLE001
+                    if _is_connection_loss(exc) and not self._stop.is_set():
+                        db_failures += 1
+                        delay = min(0.2 * 2 ** min(db_failures, 10), self.retry_cap)
+                        log.warning("database unavailable, retrying event",
+                                    extra={**info, "error": type(exc).__name__, "retry_in_s": delay})
+                        self._sleep(delay)
+                        if not self._stop.is_set():
+                            continue
+                    count = int((message.headers or {}).get("x-delivery-count") or 0)
+                    delay = min(self.retry_base * 2**count, self.retry_cap)
+                    log.warning(
+                        "event handler failed, requeueing",
+                        extra={**info, "error": type(exc).__name__, "delivery_count": count,
+                               "retry_in_s": delay},
+                    )
+                    self._sleep(delay)
+                    message.reject(requeue=True)
+                    return
+                break
+            message.ack()
+            if ran:
+                log.info("event handled", extra=info)
+            else:
+                log.info("duplicate event skipped", extra=info)
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set, reconnecting with capped backoff when RabbitMQ goes away."""
+        self._stop = stop
+        failures = 0
+        queue = Queue(service_queue(self.prefix, self.service), no_declare=True)
+        while not stop.is_set():
+            conn = Connection(self.amqp_url, heartbeat=self.heartbeat, connect_timeout=5)
+            try:
+                conn.connect()
+                self._conn = conn
+                channel = conn.channel()
+                declare_topology(channel, self.prefix, self.service, self.routing_keys, self.delivery_limit)
+                consumer = KombuConsumer(
+                    channel, queues=[queue], on_message=self._on_message, no_ack=False,
+                    prefetch_count=self.prefetch, auto_declare=False,
+                )
+                with consumer:
+                    self.connected.set()
+                    if failures:
+                        log.info("consumer reconnected", extra={"service": self.service})
+                    failures = 0
+                    while not stop.is_set():
+                        with suppress(TimeoutError):
+                            conn.drain_events(timeout=0.5)
+                        conn.heartbeat_check()
+            except Exception as exc:  # noqa: BLE001
+                self.connected.clear()
+                if stop.is_set():
+                    break
+                failures += 1
+                delay = min(0.2 * 2 ** min(failures, 10), self.reconnect_cap)
+                log.warning("consumer connection failed, reconnecting",
+                            extra={"service": self.service, "error": type(exc).__name__, "retry_in_s": delay})
+                stop.wait(delay)
+            finally:
+                self.connected.clear()
+                self._conn = None
+                with suppress(Exception):
+                    conn.release()

@@ -1,0 +1,76 @@
+"""Operator tool: move dead-lettered messages back to the service's queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu import Connection, Exchange, Producer, Queue
+
+from ._names import dead_queue, service_queue
+
+log = logging.getLogger("coffeeping.messaging.dead_letters")
+
+# Headers the broker adds on dead-lettering / redelivery; a requeued message starts afresh.
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
+
+
+def _clean_headers(headers: dict | None) -> dict:
+    out = {}
+    for key, value in (headers or {}).items():
+        if any(key == h or (h.endswith("-") and key.startswith(h)) for h in _BROKER_HEADERS):
+            continue
+        out[key] = value
+    return out
+
+
+def requeue_dead_letters(amqp_url: str, prefix: str, service: str, limit: int | None = None) -> int:
+    """Move the messages now in ``<prefix>.<service>.dead`` back to ``<prefix>.<service>``.
+
+    Each message is republished (publisher confirm + mandatory) through the default exchange straight
+    to the service's own queue, so other services bound to the same routing key do not receive it a
+    second time, and only then acked in the dead queue. Only the messages present at the start are
+    moved (a message that fails again cannot make this loop forever). Returns how many were moved.
+    """
+    dead = dead_queue(prefix, service)
+    target = service_queue(prefix, service)
+    returned: list[str] = []
+
+    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        returned.append(routing_key)
+
+    moved = 0
+    with Connection(amqp_url, transport_options={"confirm_publish": True}, connect_timeout=5) as conn:
+        channel = conn.channel()
+        _, waiting, _ = channel.queue_declare(dead, passive=True)
+        channel.queue_declare(target, passive=True)
+        if limit is not None:
+            waiting = min(waiting, limit)
+        producer = Producer(channel, exchange=Exchange(""), auto_declare=False, on_return=on_return)
+        source = Queue(dead, no_declare=True)(channel)
+        for _ in range(waiting):
+            message = source.get(no_ack=False, accept=None)
+            if message is None:
+                break
+            props = message.properties
+            extra = {k: props[k] for k in ("message_id", "correlation_id", "type") if props.get(k)}
+            producer.publish(
+                message.body,
+                routing_key=target,
+                mandatory=True,
+                delivery_mode=2,
+                content_type=message.content_type or "application/json",
+                content_encoding=message.content_encoding or "utf-8",
+                headers=_clean_headers(message.headers),
+                retry=False,
+                confirm_timeout=10,
+                **extra,
+            )
+            if returned:
+                message.reject(requeue=True)
+                raise RuntimeError(f"queue {target} did not accept the message")
+            message.ack()
+            moved += 1
+            log.info("dead letter requeued", extra={"message_id": str(props.get("message_id") or "")})
+    log.info("dead letters requeued", extra={"service": service, "count": moved})
+    return moved

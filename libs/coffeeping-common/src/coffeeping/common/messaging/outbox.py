@@ -1,0 +1,387 @@
+"""Transactional outbox: events written with the change that caused them, relayed to RabbitMQ.
+
+``publish_in_tx`` inserts the event envelope into ``<schema>.outbox`` inside the caller's transaction
+(and queues a ``NOTIFY <schema>_outbox`` that PostgreSQL delivers only if it commits). The
+``OutboxRelay`` claims unpublished rows with ``FOR UPDATE SKIP LOCKED``, publishes each with publisher
+confirms and ``mandatory=True`` and marks it published after the broker's confirm. A message the broker
+returns as unroutable stays unpublished (``attempts`` is incremented and it is retried later with
+backoff). A crash after the confirm and before the commit publishes the row again: consumers
+deduplicate by event id.
+
+Published rows are kept for ``retention`` (default one hour, for inspection) and then deleted by the
+relay; ``retention=timedelta(0)`` deletes them on the next purge pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import Connection as SAConnection
+from sqlalchemy import Engine, text
+
+from ..db import rls_statements, system_tx, validate_user_id
+from ._names import check_event_type, check_name, check_schema, events_exchange, notify_channel
+from .topology import declare_events_exchange
+
+log = logging.getLogger("coffeeping.messaging.outbox")
+
+try:  # the request id of the current request, if the logging module is there
+    from ..logging import current_request_id
+except ImportError:  # pragma: no cover
+    def current_request_id() -> str:
+        return ""
+
+
+def outbox_ddl(schema: str) -> list[str]:
+    """DDL for ``<schema>.outbox`` and ``<schema>.inbox`` (run by the schema owner in a migration)."""
+    s = check_schema(schema)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {s}.outbox (
+            id uuid PRIMARY KEY,
+            user_id text NOT NULL,
+            routing_key text NOT NULL,
+            body jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            published_at timestamptz NULL,
+            attempts integer NOT NULL DEFAULT 0
+        )""",
+        f"CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON {s}.outbox (created_at, id)"
+        " WHERE published_at IS NULL",
+        f"CREATE INDEX IF NOT EXISTS outbox_published_idx ON {s}.outbox (published_at)"
+        " WHERE published_at IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS {s}.inbox (
+            event_id uuid PRIMARY KEY,
+            user_id text NOT NULL,
+            processed_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        f"CREATE INDEX IF NOT EXISTS inbox_processed_idx ON {s}.inbox (processed_at)",
+        *rls_statements(s, "outbox", system_access=True),
+        *rls_statements(s, "inbox", system_access=True),
+    ]
+
+
+def outbox_drop_ddl(schema: str) -> list[str]:
+    """DDL that undoes ``outbox_ddl`` (Alembic downgrade)."""
+    s = check_schema(schema)
+    return [f"DROP TABLE IF EXISTS {s}.inbox", f"DROP TABLE IF EXISTS {s}.outbox"]
+
+
+def make_envelope(event_type: str, user_id: str, payload: dict, request_id: str | None = None) -> dict:
+    if not isinstance(payload, dict):
+        raise TypeError("payload must be a dict")
+    return {
+        "id": str(uuid.uuid4()),
+        "type": check_event_type(event_type),
+        "user_id": validate_user_id(user_id),
+        "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "request_id": request_id if request_id is not None else (current_request_id() or None),
+        "payload": payload,
+    }
+
+
+def publish_in_tx(
+    conn: SAConnection,
+    schema: str,
+    event_type: str,
+    user_id: str,
+    payload: dict,
+    request_id: str | None = None,
+) -> str:
+    """Write an event into ``<schema>.outbox`` inside the caller's open transaction; return its id.
+
+    Call it inside ``user_tx(engine, user_id, system=True)`` or ``system_tx(engine)``. Nothing is sent
+    unless the transaction commits. ``request_id`` defaults to the logging context's request id.
+    """
+    s = check_schema(schema)
+    if not conn.in_transaction():
+        raise RuntimeError("publish_in_tx needs an open transaction")
+    envelope = make_envelope(event_type, user_id, payload, request_id)
+    conn.execute(
+        text(
+            f"INSERT INTO {s}.outbox (id, user_id, routing_key, body) "
+            "VALUES (CAST(:id AS uuid), :user_id, :routing_key, CAST(:body AS jsonb))"
+        ),
+        {
+            "id": envelope["id"],
+            "user_id": envelope["user_id"],
+            "routing_key": envelope["type"],
+            "body": json.dumps(envelope, ensure_ascii=False, separators=(",", ":")),
+        },
+    )
+    # Delivered on commit only; identical notifications in one transaction are folded into one.
+    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": notify_channel(s)})
+    return envelope["id"]
+
+
+class _Listener:
+    """A dedicated autocommit psycopg connection LISTENing on ``<schema>_outbox``."""
+
+    def __init__(self, engine: Engine, channel: str) -> None:
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5,
+                                     application_name="coffeeping-outbox-listen")
+        self._conn.execute(f"LISTEN {channel}")
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a notification; True if one came."""
+        got = False
+        for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+            got = True
+        if got:  # swallow the burst that came with it
+            for _ in self._conn.notifies(timeout=0.0):
+                pass
+        return got
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._conn.close()
+
+
+class OutboxRelay:
+    """Moves committed outbox rows of one schema to ``<prefix>.events``.
+
+    Several relays may run against the same schema (rows are claimed with ``SKIP LOCKED``). Order is
+    by ``created_at`` within a batch but not guaranteed across failures: consumers must not rely on it.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        schema: str,
+        amqp_url: str,
+        prefix: str,
+        batch_size: int = 100,
+        *,
+        retention: timedelta = timedelta(hours=1),
+        confirm_timeout: float = 10.0,
+        listen: bool = True,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.schema = check_schema(schema)
+        self.amqp_url = amqp_url
+        self.prefix = check_name(prefix, "prefix")
+        self.batch_size = int(batch_size)
+        self.retention = retention
+        self.confirm_timeout = confirm_timeout
+        self.listen = listen
+        self.max_backoff = max_backoff
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._returned: set[str] = set()
+        self._retry_after: dict[str, float] = {}  # row id -> monotonic time before which it is skipped
+        self._last_purge = 0.0
+        self._listener: _Listener | None = None
+        self._listener_retry_at = 0.0
+
+    # -- AMQP ---------------------------------------------------------------------------------------
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        message_id = (getattr(message, "properties", None) or {}).get("message_id")
+        if message_id:
+            self._returned.add(str(message_id))
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is not None:
+            return self._producer
+        conn = Connection(
+            self.amqp_url, transport_options={"confirm_publish": True}, connect_timeout=5, heartbeat=0
+        )
+        try:
+            conn.connect()
+            channel = conn.channel()
+            declare_events_exchange(channel, self.prefix)
+            exchange = Exchange(events_exchange(self.prefix), type="topic", durable=True)
+            producer = Producer(channel, exchange=exchange, auto_declare=False, on_return=self._on_return)
+        except Exception:
+            conn.release()
+            raise
+        self._connection, self._producer = conn, producer
+        log.info("outbox relay connected", extra={"schema": self.schema})
+        return producer
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with suppress(Exception):
+                self._connection.release()
+        self._connection = self._producer = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _publish(self, producer: Producer, row: Any) -> bool:
+        """Publish one row and wait for the confirm; False if the broker returned it unroutable."""
+        body = row.body if isinstance(row.body, str) else json.dumps(row.body)
+        envelope = json.loads(body)
+        message_id = str(row.id)
+        self._returned.discard(message_id)
+        properties: dict[str, Any] = {"message_id": message_id, "type": row.routing_key}
+        if envelope.get("request_id"):
+            properties["correlation_id"] = str(envelope["request_id"])
+        producer.publish(
+            body.encode("utf-8"),
+            routing_key=row.routing_key,
+            mandatory=True,
+            delivery_mode=2,
+            content_type="application/json",
+            content_encoding="utf-8",
+            retry=False,
+            confirm_timeout=self.confirm_timeout,
+            **properties,
+        )
+        # The broker sends basic.return before the basic.ack of the same message.
+        if message_id in self._returned:
+            self._returned.discard(message_id)
+            return False
+        return True
+
+    # -- one pass -------------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Publish up to ``batch_size`` unpublished rows; return how many were confirmed and marked.
+
+        Raises on a broker or database failure after committing the marks of rows already confirmed.
+        """
+        self._maybe_purge()
+        producer = self._ensure_producer()
+        now = time.monotonic()
+        self._retry_after = {k: v for k, v in self._retry_after.items() if v > now}
+        skip = list(self._retry_after)
+        s = self.schema
+        published = unroutable = 0
+        error: BaseException | None = None
+        with system_tx(self.engine) as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT id, routing_key, body::text AS body, attempts FROM {s}.outbox "
+                    "WHERE published_at IS NULL AND NOT (id = ANY(CAST(:skip AS uuid[]))) "
+                    "ORDER BY created_at, id LIMIT :n FOR UPDATE SKIP LOCKED"
+                ),
+                {"skip": skip, "n": self.batch_size},
+            ).all()
+            for row in rows:
+                try:
+                    ok = self._publish(producer, row)
+                except BaseException as exc:  # noqa: BLE001 - commit what was confirmed, then raise
+                    error = exc
+                    break
+                if ok:
+                    conn.execute(
+                        text(
+                            f"UPDATE {s}.outbox SET published_at = now(), attempts = attempts + 1 "
+                            "WHERE id = :id"
+                        ),
+                        {"id": row.id},
+                    )
+                    published += 1
+                else:
+                    conn.execute(
+                        text(f"UPDATE {s}.outbox SET attempts = attempts + 1 WHERE id = :id"), {"id": row.id}
+                    )
+                    unroutable += 1
+                    delay = min(0.5 * 2 ** min(row.attempts, 10), 60.0)
+                    self._retry_after[str(row.id)] = time.monotonic() + delay
+                    log.error(
+                        "event unroutable: no queue bound, kept unpublished",
+                        extra={"event_id": str(row.id), "event_type": row.routing_key,
+                               "attempts": row.attempts + 1, "retry_in_s": delay},
+                    )
+        if published:
+            log.info("outbox relayed", extra={"schema": s, "count": published})
+        if error is not None:
+            self.close()
+            raise error
+        return published
+
+    def _maybe_purge(self) -> None:
+        if time.monotonic() - self._last_purge < 60.0:
+            return
+        self.purge_published()
+
+    def purge_published(self) -> int:
+        """Delete published rows older than ``retention``; return how many."""
+        self._last_purge = time.monotonic()
+        with system_tx(self.engine) as conn:
+            deleted = conn.execute(
+                text(
+                    f"DELETE FROM {self.schema}.outbox WHERE published_at IS NOT NULL "
+                    "AND published_at < now() - CAST(:keep AS interval)"
+                ),
+                {"keep": f"{int(self.retention.total_seconds())} seconds"},
+            ).rowcount
+        if deleted:
+            log.info("outbox purged", extra={"schema": self.schema, "count": deleted})
+        return deleted
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def _wait(self, stop: threading.Event, interval: float) -> None:
+        if self.listen and self._listener is None and time.monotonic() >= self._listener_retry_at:
+            try:
+                self._listener = _Listener(self.engine, notify_channel(self.schema))
+            except Exception as exc:  # noqa: BLE001 - polling still works
+                log.warning("outbox LISTEN unavailable, polling", extra={"error": type(exc).__name__})
+                self._listener_retry_at = time.monotonic() + 30.0
+        if self._listener is not None:
+            try:
+                deadline = time.monotonic() + interval
+                while not stop.is_set():  # in short slices so that stop is honoured quickly
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._listener.wait(min(left, 0.5)):
+                        return
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("outbox LISTEN lost, polling", extra={"error": type(exc).__name__})
+                self._listener.close()
+                self._listener = None
+        stop.wait(interval)
+
+    def run_forever(self, stop: threading.Event, interval: float = 0.2) -> None:
+        """Relay until ``stop`` is set; survives broker and database outages with capped backoff."""
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    count = self.run_once()
+                except Exception as exc:  # noqa: BLE001
+                    failures += 1
+                    delay = min(0.2 * 2 ** min(failures, 10), self.max_backoff)
+                    log.warning(
+                        "outbox relay failed, retrying",
+                        extra={"error": type(exc).__name__, "failures": failures, "retry_in_s": delay},
+                    )
+                    self.close()
+                    stop.wait(delay)
+                    continue
+                if failures:
+                    log.info("outbox relay recovered", extra={"failures": failures})
+                failures = 0
+                if count >= self.batch_size:
+                    continue  # more waiting
+                self._wait(stop, interval)
+        finally:
+            self.close()
+
+
+def pending_count(engine: Engine, schema: str) -> int:
+    """How many outbox rows wait to be published (for health checks and tests)."""
+    with system_tx(engine) as conn:
+        return conn.execute(
+            text(f"SELECT count(*) FROM {check_schema(schema)}.outbox WHERE published_at IS NULL")
+        ).scalar_one()
+
+
+__all__ = [
+    "OutboxRelay",
+    "make_envelope",
+    "outbox_ddl",
+    "outbox_drop_ddl",
+    "pending_count",
+    "publish_in_tx",
+]
