@@ -25,6 +25,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         self.cfg.set("graceful_timeout", 20)
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)
+        # Room for an oversized token to reach the app and get its 401 (problem+json) rather than
+        # gunicorn's bare 431; anything larger still gets gunicorn's 431, never a 500.
+        self.cfg.set("limit_request_field_size", 16384)
         # The app (and its gRPC channels) is built in each worker after the fork.
         self.cfg.set("preload_app", False)
         self.cfg.set("post_fork", lambda server, worker: configure_logging(SERVICE, self.settings.log_level))

@@ -54,6 +54,9 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if incoming.isalnum() and len(incoming) <= 64 else new_request_id()
         request_id_var.set(rid)
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            # Refused before anything reads it, whatever the route (Flask only checks on read).
+            return problem_response(413, "the request body is too large")
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return Response(status=204)
         view = app.view_functions.get(request.endpoint or "")
