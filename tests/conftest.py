@@ -13,7 +13,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -133,11 +133,20 @@ def certs(var_dir: Path) -> Path:
     return ensure(var_dir / "certs")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "last: run after every other test (it inspects what they left)")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 @dataclass
 class RunningStack:
     stack: Stack
     config: StackConfig
     database: Database
+    minted: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -151,7 +160,9 @@ class RunningStack:
         reply = requests.post(f"{self.config.clerk_url}/_sandbox/tokens", json={"user_id": user_id, **claims},
                               timeout=10)
         reply.raise_for_status()
-        return str(reply.json()["token"])
+        token = str(reply.json()["token"])
+        self.minted.append(token)
+        return token
 
     def session(self, user_id: str) -> requests.Session:
         """An HTTP session that signs each request with a fresh token for ``user_id``."""

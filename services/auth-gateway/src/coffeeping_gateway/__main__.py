@@ -25,6 +25,19 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         self.cfg.set("graceful_timeout", 20)
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)
+        # gunicorn's own lines in the same one-JSON-object-per-line shape as ours.
+        self.cfg.set("logconfig_dict", {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "coffeeping.common.logging.JsonFormatter", "service": SERVICE}},
+            "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+                                     "stream": "ext://sys.stdout"}},
+            "loggers": {
+                "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                "gunicorn.access": {"handlers": [], "propagate": False},
+            },
+            "root": {"handlers": ["console"], "level": self.settings.log_level.upper()},
+        })
         # Room for an oversized token to reach the app and get its 401 (problem+json) rather than
         # gunicorn's bare 431; anything larger still gets gunicorn's 431, never a 500.
         self.cfg.set("limit_request_field_size", 16384)
