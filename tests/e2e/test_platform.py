@@ -58,3 +58,23 @@ def test_security_txt_names_the_contact_and_an_expiry(stack):
     assert reply.status_code == 200
     assert "Contact: mailto:security@coffeeping.io" in reply.text
     assert "Expires: " in reply.text
+
+
+def test_a_request_id_follows_the_request_from_http_into_grpc_logs(stack):
+    import time
+    import uuid
+
+    rid = uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {stack.token('user_platform_rid')}", "X-Request-ID": rid}
+    assert requests.get(f"{stack.url}/v1/me", headers=headers, timeout=10).headers["X-Request-ID"] == rid
+    deadline = time.monotonic() + 5
+    found = {}
+    while time.monotonic() < deadline and len(found) < 2:
+        for service in ("auth-gateway", "accounts"):
+            for line in (stack.config.var_dir / "logs" / f"{service}.log").read_text().splitlines():
+                if rid in line:
+                    found[service] = json.loads(line)
+        time.sleep(0.2)
+    assert found["accounts"]["request_id"] == rid
+    assert found["accounts"]["rpc_method"] == "/coffeeping.accounts.v1.Accounts/GetMe"
+    assert found["auth-gateway"]["request_id"] == rid

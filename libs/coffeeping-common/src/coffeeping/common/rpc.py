@@ -12,6 +12,7 @@ import contextvars
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -128,21 +129,45 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 except InvalidUserId:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid user id")
 
-        return _wrap(handler, guard)
+        if method.startswith(_OPEN_SERVICES):
+            return _wrap_quiet(handler, guard)
+        return _wrap(handler, guard, method)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None]) -> Any:
+def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None], method: str) -> Any:
+    """Run ``guard`` before the servicer and log one line per call (method, caller, outcome, time)."""
+
+    def finish(context: grpc.ServicerContext, started: float, failed: BaseException | None) -> None:
+        code = getattr(context, "code", lambda: None)()
+        outcome = code.name if isinstance(code, grpc.StatusCode) else ("ERROR" if failed else "OK")
+        log.info("rpc", extra={"rpc_method": method, "caller": caller_var.get(), "code": outcome,
+                               "ms": round((time.perf_counter() - started) * 1000, 2)})
+
     def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            guard(context)
-            return behavior(request, context)
+            started, failed = time.perf_counter(), None
+            try:
+                guard(context)
+                return behavior(request, context)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                finish(context, started, failed)
 
         return call
 
     def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            guard(context)
-            yield from behavior(request, context)
+            started, failed = time.perf_counter(), None
+            try:
+                guard(context)
+                yield from behavior(request, context)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                finish(context, started, failed)
 
         return call
 
@@ -157,6 +182,19 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext]
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
+
+
+def _wrap_quiet(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None]) -> Any:
+    """Health and reflection: the same guard, no log line (probes call every few seconds)."""
+    wrapped = _wrap(handler, guard, "")
+    if handler.unary_unary:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            guard(context)
+            return handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+    return wrapped
 
 
 @dataclass
