@@ -10,7 +10,6 @@ import json
 
 import pytest
 import requests
-
 from stack import dev_secrets
 
 

@@ -46,7 +46,7 @@ def openapi() -> Any:
 @bp.get("/.well-known/security.txt")
 @public
 def security_txt() -> Response:
-    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=180)).replace(microsecond=0)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=180)).replace(microsecond=0)
     body = (
         f"Contact: {SECURITY_CONTACT}\n"
         f"Expires: {expires.isoformat().replace('+00:00', 'Z')}\n"
