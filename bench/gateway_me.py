@@ -1,0 +1,232 @@
+"""Gateway benchmark: authenticated ``GET /v1/me`` against a route that does no I/O, same gunicorn.
+
+    .venv/bin/python bench/gateway_me.py [--connections 32] [--duration 10] [--warmup 3] [--processes 2]
+
+Starts the whole system the way the tests do (sandbox + five services on free ports, a fresh database
+from ``deploy/bootstrap_db.py`` and its own messaging prefix; both removed afterwards), mints Clerk
+session tokens from the stand-in, then holds ``--connections`` keep-alive HTTP/1.1 connections open
+(threads spread over ``--processes`` client processes, so the client's GIL is not the limit) and
+measures requests/s, p50 and p99 for:
+
+* ``GET /v1/me``: JWT verification, gRPC hop(s) over mTLS, a PostgreSQL query under RLS;
+* ``GET /.well-known/security.txt``: public, no I/O at all (the gateway's floor).
+
+The client runs on the same machine and competes with the services for the CPUs: the figures are a
+lower bound for the server. Issue #2's target: /v1/me at >= 0.3x the bare route, p99 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import requests
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from stack import Stack, StackConfig  # noqa: E402
+
+ROUTES = {
+    "GET /v1/me (auth, gRPC, RLS)": ("/v1/me", True),
+    "GET /.well-known/security.txt (no I/O)": ("/.well-known/security.txt", False),
+}
+
+
+def _drive(host: str, port: int, path: str, tokens: list[str], start_at: float, stop_at: float,
+           out: mp.Queue) -> None:
+    """One client process: a thread per connection, each sending requests back to back."""
+    results: list[tuple[list[float], int]] = []
+    lock = threading.Lock()
+
+    def connection(token: str | None) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        latencies: list[float] = []
+        errors = 0
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while time.time() < stop_at:
+            began = time.perf_counter()
+            try:
+                conn.request("GET", path, headers=headers)
+                reply = conn.getresponse()
+                reply.read()
+                ok = reply.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=30)
+            elapsed = time.perf_counter() - began
+            if ok:
+                latencies.append(elapsed)
+            else:
+                errors += 1
+        conn.close()
+        with lock:
+            results.append((latencies, errors))
+
+    threads = [threading.Thread(target=connection, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies = [value for lat, _ in results for value in lat]
+    out.put((latencies, sum(err for _, err in results)))
+
+
+def measure(base_url: str, path: str, tokens: list[str | None], processes: int, duration: float,
+            warmup: float) -> dict[str, Any]:
+    """Warm up, then measure for ``duration`` seconds with ``len(tokens)`` connections."""
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    ctx = mp.get_context("fork")
+    for phase, seconds in (("warmup", warmup), ("measure", duration)):
+        out: mp.Queue = ctx.Queue()
+        start_at = time.time() + 0.5
+        stop_at = start_at + seconds
+        shares = [tokens[i::processes] for i in range(processes)]
+        procs = [ctx.Process(target=_drive, args=(host, port, path, share, start_at, stop_at, out))
+                 for share in shares if share]
+        for proc in procs:
+            proc.start()
+        collected = [out.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        if phase == "measure":
+            latencies = sorted(value for lat, _ in collected for value in lat)
+            errors = sum(err for _, err in collected)
+    count = len(latencies)
+    return {
+        "requests": count,
+        "errors": errors,
+        "rps": count / duration,
+        "p50": _percentile(latencies, 50) * 1000,
+        "p99": _percentile(latencies, 99) * 1000,
+    }
+
+
+def _percentile(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def _wait_healthy(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise SystemExit(f"gateway at {url} did not report healthy within {timeout:.0f}s")
+
+
+def _mint(config: StackConfig, user_id: str, lifetime_s: int) -> str:
+    reply = requests.post(f"{config.clerk_url}/_sandbox/tokens",
+                          json={"user_id": user_id, "lifetime_s": lifetime_s}, timeout=10)
+    reply.raise_for_status()
+    return str(reply.json()["token"])
+
+
+def _cleanup_broker(url: str, prefix: str) -> None:
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        names = [f"{prefix}.{svc}{suffix}" for svc in ("accounts", "token-vault", "mailer", "reply-watcher")
+                 for suffix in ("", ".dead")]
+        for queue in names:
+            with contextlib.suppress(Exception):
+                channel.queue_delete(queue)
+                channel = conn.channel()
+        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
+            with contextlib.suppress(Exception):
+                channel.exchange_delete(exchange)
+                channel = conn.channel()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per route")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load per route first")
+    parser.add_argument("--processes", type=int, default=2, help="client processes sharing the connections")
+    parser.add_argument("--log-level", default="INFO", help="the services' LOG_LEVEL")
+    parser.add_argument("--workers", type=int, default=None, help="GATEWAY_WORKERS (default: the gateway's own)")
+    parser.add_argument("--threads", type=int, default=None, help="GATEWAY_THREADS (default: the gateway's own)")
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    var_dir = Path(tempfile.mkdtemp(prefix="cp-bench-"))
+    config = StackConfig.ephemeral(var_dir, f"cp_bench_{tag}", f"cpbench{tag}")
+    config.extra_env["LOG_LEVEL"] = args.log_level
+    if args.workers:
+        config.extra_env["GATEWAY_WORKERS"] = str(args.workers)
+    if args.threads:
+        config.extra_env["GATEWAY_THREADS"] = str(args.threads)
+    stack = Stack(config)
+    print(f"starting the stack (database {config.database}, logs in {config.log_dir}) ...", flush=True)
+    try:
+        stack.prepare()
+        stack.start()
+        _wait_healthy(config.gateway_url)
+        lifetime = int(2 * (args.warmup + args.duration) + 120)
+        # One user per connection, each created on a first call outside the measurement.
+        users = [f"user_bench_{tag}_{i}" for i in range(args.connections)]
+        tokens: list[str | None] = [_mint(config, user, lifetime) for user in users]
+        for token in tokens:
+            first = requests.get(f"{config.gateway_url}/v1/me", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=10)
+            if first.status_code != 200:
+                raise SystemExit(f"GET /v1/me answered {first.status_code}: {first.text[:200]}")
+        figures = {}
+        for label, (path, authenticated) in ROUTES.items():
+            print(f"measuring {label}: {args.connections} connections, {args.warmup:.0f}s warm-up + "
+                  f"{args.duration:.0f}s ...", flush=True)
+            route_tokens = tokens if authenticated else [None] * args.connections
+            figures[label] = measure(config.gateway_url, path, route_tokens, args.processes, args.duration,
+                                     args.warmup)
+    finally:
+        stack.stop()
+        with contextlib.suppress(psycopg.Error), psycopg.connect(config.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database)))
+        _cleanup_broker(config.rabbitmq_url, config.messaging_prefix)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+    me, bare = figures[list(ROUTES)[0]], figures[list(ROUTES)[1]]
+    gunicorn = (f"gunicorn gthread, GATEWAY_WORKERS={args.workers or 'default'}, "
+                f"GATEWAY_THREADS={args.threads or 'default'}")
+    print()
+    print(f"{'route':<42} {'requests':>9} {'errors':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for label, fig in figures.items():
+        print(f"{label:<42} {fig['requests']:>9} {fig['errors']:>7} {fig['rps']:>9.1f} {fig['p50']:>8.2f} "
+              f"{fig['p99']:>8.2f}")
+    ratio = me["rps"] / bare["rps"] if bare["rps"] else float("nan")
+    print()
+    print(f"ratio /v1/me : bare route (req/s) = {ratio:.2f}x   (target >= 0.30x)")
+    print(f"p99 of /v1/me = {me['p99']:.1f} ms   (target < 50 ms)")
+    print(f"setup: {args.connections} keep-alive connections from {args.processes} client processes; "
+          f"{gunicorn}; {os.cpu_count()} CPUs, LOG_LEVEL={args.log_level}")
+    print("note: the load generator runs on the same machine and competes with the gateway, the services and "
+          "PostgreSQL for the CPUs, so these figures are a lower bound for the server.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The Kubernetes base in deploy/k8s/base, checked offline: every service is deployed and probed,
+secrets are referenced and never inlined, the mTLS certificates come from Secrets, and the gateway
+is reached over HTTPS only."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "k8s" / "base"
+GRPC_SERVICES = {"accounts": 50051, "token-vault": 50052, "mailer": 50053, "reply-watcher": 50054}
+SECRET_SETTINGS = {"DATABASE_URL", "RABBITMQ_URL", "GOOGLE_CLIENT_SECRET", "CLERK_WEBHOOK_SECRET",
+                   "OAUTH_STATE_SECRET", "TOKEN_VAULT_LOCAL_KEY", "GMAIL_PUSH_TOKEN", "ADMIN_DATABASE_URL"}
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    kustomization = YAML(typ="safe").load((BASE / "kustomization.yaml").read_text())
+    found = []
+    for resource in kustomization["resources"]:
+        found += [doc for doc in YAML(typ="safe").load_all((BASE / resource).read_text()) if doc]
+    return found
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_every_service_has_a_deployment_and_a_service_that_selects_it(objects):
+    deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
+    assert set(deployments) == set(GRPC_SERVICES) | {"auth-gateway"}
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert services[name]["spec"]["selector"].items() <= labels.items()
+        assert container(deployment)["image"] == f"coffeeping/{name}"
+
+
+def test_grpc_services_are_probed_over_mtls_with_the_health_probe_on_their_own_port(objects):
+    deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
+    for name, port in GRPC_SERVICES.items():
+        spec = container(deployments[name])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = spec[probe]["exec"]["command"]
+            assert command == ["python", "/app/grpc_health_probe.py", "--addr", f"127.0.0.1:{port}"], (name, probe)
+        env = {item["name"]: item for item in spec["env"]}
+        assert env["GRPC_PORT"]["value"] == str(port)
+        assert services[name]["spec"]["ports"][0]["port"] == port
+
+
+def test_the_gateway_is_ready_on_healthz_and_alive_on_a_route_without_io(objects):
+    spec = container(by_kind(objects, "Deployment")["auth-gateway"])
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert spec["livenessProbe"]["httpGet"]["path"] == "/.well-known/security.txt"
+
+
+def test_secrets_are_referenced_from_secret_objects_and_never_inlined(objects):
+    assert not by_kind(objects, "Secret"), "the base must not carry Secret objects"
+    workloads = [*by_kind(objects, "Deployment").values(), *by_kind(objects, "Job").values()]
+    for workload in workloads:
+        for spec in workload["spec"]["template"]["spec"]["containers"]:
+            for item in spec.get("env", []):
+                if item["name"] in SECRET_SETTINGS:
+                    assert "secretKeyRef" in item.get("valueFrom", {}), (workload["metadata"]["name"], item["name"])
+    config = by_kind(objects, "ConfigMap")["coffeeping-config"]["data"]
+    assert not SECRET_SETTINGS & set(config)
+
+
+def test_each_service_mounts_its_own_mtls_certificate_from_a_secret(objects):
+    for name, deployment in by_kind(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert volumes["mtls"]["secret"]["secretName"] == f"coffeeping-mtls-{name}"
+        spec = container(deployment)
+        mounts = {mount["name"]: mount for mount in spec["volumeMounts"]}
+        assert mounts["mtls"]["readOnly"] is True
+        env = {item["name"]: item.get("value", "") for item in spec["env"]}
+        base = mounts["mtls"]["mountPath"]
+        assert {env["TLS_CA_CERT"], env["TLS_CERT"], env["TLS_KEY"]} == {
+            f"{base}/ca.crt", f"{base}/tls.crt", f"{base}/tls.key"}
+
+
+def test_pods_run_as_non_root_without_privileges_or_a_writable_root(objects):
+    workloads = [*by_kind(objects, "Deployment").values(), *by_kind(objects, "Job").values()]
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        for spec in pod["containers"]:
+            context = spec["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_service_addresses_use_the_service_names_on_their_certificates(objects):
+    config = by_kind(objects, "ConfigMap")["coffeeping-config"]["data"]
+    for variable, name in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("VAULT_GRPC_ADDR", "token-vault"),
+                           ("MAILER_GRPC_ADDR", "mailer"), ("WATCHER_GRPC_ADDR", "reply-watcher")):
+        assert config[variable] == f"{name}:{GRPC_SERVICES[name]}"
+
+
+def test_the_ingress_serves_the_gateway_over_tls_only(objects):
+    (ingress,) = by_kind(objects, "Ingress").values()
+    tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"]["name"] == "auth-gateway"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_base():
+    rendered = subprocess.run(["kubectl", "kustomize", str(BASE)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "namespace: coffeeping" in rendered.stdout
