@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from kombu import Connection, Exchange, Producer
@@ -149,7 +150,7 @@ def test_committed_event_is_delivered_once_to_each_bound_service(engine, msg_db,
     assert event["request_id"] == "req-123" and event["payload"] == {"subject": SECRET_SUBJECT}
     assert event["occurred_at"].endswith("Z")
     assert request_ids == ["req-123"]  # the logging context carries the envelope's request id
-    assert msg_db.scalar("SELECT count(*) FROM svc.outbox WHERE published_at IS NOT NULL") == 1
+    assert msg_db.scalar("SELECT count(*) FROM svc.outbox") == 0  # deleted once the broker confirmed it
     assert queue_depth(amqp_url, f"{prefix}.mailer") == 0 and queue_depth(amqp_url, f"{prefix}.vault") == 0
     assert SECRET_SUBJECT not in caplog.text
     assert any(getattr(r, "event_id", None) == event_id for r in caplog.records)
@@ -176,7 +177,7 @@ def test_unroutable_publish_is_not_marked_published(engine, msg_db, prefix, amqp
     """The broker confirms a message no queue takes; the relay sees the return, keeps the row
     unpublished with attempts incremented, and publishes it once a queue is bound."""
     event_id = publish(engine, "nobody.listens")
-    relay = OutboxRelay(engine, "svc", amqp_url, prefix)
+    relay = OutboxRelay(engine, "svc", amqp_url, prefix, retention=timedelta(hours=1))
     try:
         assert relay.run_once() == 0
         row = msg_db.scalar("SELECT (published_at IS NULL, attempts)::text FROM svc.outbox WHERE id = %s", event_id)
@@ -197,7 +198,7 @@ def test_duplicate_delivery_applies_once(engine, msg_db, prefix, amqp_url, caplo
     with Connection(amqp_url) as conn:
         declare_topology(conn, prefix, "mailer", ["reply.detected"])
     event_id = publish(engine, "reply.detected")
-    relay = OutboxRelay(engine, "svc", amqp_url, prefix)
+    relay = OutboxRelay(engine, "svc", amqp_url, prefix, retention=timedelta(hours=1))
     try:
         assert relay.run_once() == 1
         msg_db.execute("UPDATE svc.outbox SET published_at = NULL")  # as if the mark never committed

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import user_tx
+from coffeeping_accounts import deletions
 from coffeeping_accounts.models import users
 
 
@@ -19,8 +20,23 @@ class User:
 
 
 def get_or_create_user(engine: Engine, user_id: str) -> User:
-    """The user's record, created on first sight (concurrent first requests create one row)."""
+    """The user's record, created on first sight (concurrent first requests create one row).
+
+    Raises ``DeletionInProgress`` while the account is being deleted, so that a sign-in during the
+    deletion never recreates data. After the deletion completed, the same id starts a fresh account.
+    """
     with user_tx(engine, user_id) as conn:
+        if deletions.in_progress(conn, user_id):
+            raise deletions.DeletionInProgress()
         conn.execute(insert(users).values(user_id=user_id).on_conflict_do_nothing(index_elements=["user_id"]))
         row = conn.execute(select(users.c.user_id, users.c.created_at).where(users.c.user_id == user_id)).one()
     return User(row.user_id, row.created_at)
+
+
+def find_user(engine: Engine, user_id: str) -> User | None:
+    """The user's record without creating it; ``DeletionInProgress`` while the account is being deleted."""
+    with user_tx(engine, user_id) as conn:
+        if deletions.in_progress(conn, user_id):
+            raise deletions.DeletionInProgress()
+        row = conn.execute(select(users.c.user_id, users.c.created_at).where(users.c.user_id == user_id)).first()
+    return User(row.user_id, row.created_at) if row else None

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from .consumer import Consumer, MalformedEvent, parse_event
 from .dead_letters import requeue_dead_letters
-from .outbox import OutboxRelay, make_envelope, outbox_ddl, outbox_drop_ddl, pending_count, publish_in_tx
+from .outbox import (
+    OutboxRelay,
+    forget_user,
+    make_envelope,
+    outbox_ddl,
+    outbox_drop_ddl,
+    pending_count,
+    publish_in_tx,
+)
 from .topology import DEFAULT_DELIVERY_LIMIT, declare_events_exchange, declare_topology
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "OutboxRelay",
     "declare_events_exchange",
     "declare_topology",
+    "forget_user",
     "make_envelope",
     "outbox_ddl",
     "outbox_drop_ddl",

@@ -8,8 +8,9 @@ returns as unroutable stays unpublished (``attempts`` is incremented and it is r
 backoff). A crash after the confirm and before the commit publishes the row again: consumers
 deduplicate by event id.
 
-Published rows are kept for ``retention`` (default one hour, for inspection) and then deleted by the
-relay; ``retention=timedelta(0)`` deletes them on the next purge pass.
+Published rows are deleted as soon as the broker confirms them (``retention=timedelta(0)``, the
+default): an event may name a user, and a purged user must leave nothing behind. A positive
+``retention`` keeps them that long for inspection instead.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class OutboxRelay:
         prefix: str,
         batch_size: int = 100,
         *,
-        retention: timedelta = timedelta(hours=1),
+        retention: timedelta = timedelta(0),
         confirm_timeout: float = 10.0,
         listen: bool = True,
         max_backoff: float = 10.0,
@@ -272,7 +273,10 @@ class OutboxRelay:
                 except BaseException as exc:  # noqa: BLE001 - commit what was confirmed, then raise
                     error = exc
                     break
-                if ok:
+                if ok and self.retention <= timedelta(0):
+                    conn.execute(text(f"DELETE FROM {s}.outbox WHERE id = :id"), {"id": row.id})
+                    published += 1
+                elif ok:
                     conn.execute(
                         text(
                             f"UPDATE {s}.outbox SET published_at = now(), attempts = attempts + 1 "
@@ -367,6 +371,18 @@ class OutboxRelay:
                 self._wait(stop, interval)
         finally:
             self.close()
+
+
+def forget_user(conn: SAConnection, schema: str, user_id: str) -> None:
+    """Remove what the messaging tables remember of a user whose data is being purged.
+
+    Call it inside the purge's own transaction. The dedupe records go (a redelivered purge is
+    idempotent anyway) and so do published outbox rows; unpublished rows stay, since they include the
+    purge's own report, and the relay deletes them once the broker confirms them.
+    """
+    s = check_schema(schema)
+    conn.execute(text(f"DELETE FROM {s}.inbox WHERE user_id = :u"), {"u": user_id})
+    conn.execute(text(f"DELETE FROM {s}.outbox WHERE user_id = :u AND published_at IS NOT NULL"), {"u": user_id})
 
 
 def pending_count(engine: Engine, schema: str) -> int:

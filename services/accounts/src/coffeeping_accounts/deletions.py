@@ -1,0 +1,335 @@
+"""Account deletion: the saga that the accounts service orchestrates over RabbitMQ.
+
+1. ``request_deletion`` records the deletion with one step per service and publishes
+   ``account.deletion_requested`` (mailer and reply watcher purge, the mailer first deleting the Gmail
+   drafts it mirrored while the grant still works).
+2. On the mailer's ``account.purged`` it publishes ``account.revoke_requested`` (the vault revokes the
+   grant at Google, then purges it and its keys).
+3. When the mailer, the reply watcher and the vault have all reported ``account.purged``, it purges its
+   own rows (the user record, and the user's entries in its inbox and outbox) in the same transaction
+   that marks the deletion completed.
+
+Steps are retried by the messaging layer (redelivery with backoff, then the dead-letter queue). A step
+that a service reports as failed (``account.purge_failed``), or that reports nothing within the
+deadline, is shown as failed and is retried by the operator (``python -m coffeeping_accounts
+retry-deletion <deletion_id>``), which republishes it.
+
+What is kept afterwards is minimal and names nobody: the deletion id, a SHA-256 of the user id (so
+the user can still read the status), the source, times and the steps' states.
+
+After completion a sign-in with the same Clerk user id (possible when the account was deleted through
+the API and the Clerk user still exists) starts a fresh, empty account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from coffeeping.common.db import system_tx, user_tx, validate_user_id
+from coffeeping.common.messaging import publish_in_tx
+from coffeeping_accounts.models import deletion_requests, deletion_steps, deletions, users
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "accounts"
+DELETION_REQUESTED = "account.deletion_requested"
+REVOKE_REQUESTED = "account.revoke_requested"
+PURGED = "account.purged"
+PURGE_FAILED = "account.purge_failed"
+CONSUMED = (PURGED, PURGE_FAILED)
+
+MAILER, WATCHER, VAULT, ACCOUNTS = "mailer", "reply-watcher", "token-vault", "accounts"
+# (service, what it does), in the order the status shows them.
+STEPS = (
+    (MAILER, "cancel scheduled sends, delete Gmail drafts, purge contacts, sequences and emails"),
+    (WATCHER, "purge mailbox cursors and watched threads"),
+    (VAULT, "revoke the Google grant, purge it and its keys"),
+    (ACCOUNTS, "purge the user record"),
+)
+# Names a service may use for itself in ``account.purged``.
+_ALIASES = {"mailer": MAILER, "reply-watcher": WATCHER, "watcher": WATCHER, "token-vault": VAULT, "vault": VAULT}
+_REPORTING = (MAILER, WATCHER, VAULT)
+
+
+class DeletionInProgress(Exception):
+    """The user's account is being deleted: nothing may be created or exported for it."""
+
+
+class NoSuchDeletion(LookupError):
+    pass
+
+
+def subject_hash(user_id: str) -> str:
+    """The non-identifying key of a user's deletions (the migration's policy computes the same)."""
+    return hashlib.sha256(f"coffeeping-deletion:{validate_user_id(user_id)}".encode()).hexdigest()
+
+
+def _key_hash(subject: str, key: str) -> str:
+    return hashlib.sha256(f"{subject}:{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Step:
+    service: str
+    step: str
+    state: str
+    attempts: int
+    updated_at: dt.datetime
+    error: str
+
+
+@dataclass(frozen=True)
+class Status:
+    deletion_id: str
+    state: str
+    requested_at: dt.datetime
+    completed_at: dt.datetime | None
+    steps: list[Step] = field(default_factory=list)
+
+
+def _status(conn: Connection, deletion_id: uuid.UUID) -> Status:
+    row = conn.execute(select(deletions).where(deletions.c.deletion_id == deletion_id)).one()
+    steps = conn.execute(
+        select(deletion_steps).where(deletion_steps.c.deletion_id == deletion_id).order_by(deletion_steps.c.position)
+    ).all()
+    return Status(
+        str(row.deletion_id), row.state, row.requested_at, row.completed_at,
+        [Step(s.service, s.step, s.state, s.attempts, s.updated_at, s.error) for s in steps],
+    )
+
+
+def in_progress(conn: Connection, user_id: str) -> bool:
+    """True while a deletion of the user's account has not completed (running or failed)."""
+    found = conn.execute(
+        select(deletions.c.deletion_id).where(
+            deletions.c.subject_hash == subject_hash(user_id), deletions.c.state != "completed"
+        ).limit(1)
+    ).first()
+    return found is not None
+
+
+def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key: str = "") -> Status:
+    """Start the deletion of the user's account, or return the one already running.
+
+    A request repeated with the same idempotency key (a replayed webhook) returns the deletion it
+    started, even after that deletion completed, and starts nothing new.
+    """
+    subject = subject_hash(user_id)
+    key = _key_hash(subject, idempotency_key) if idempotency_key else ""
+    with user_tx(engine, user_id, system=True) as conn:
+        if key:
+            seen = conn.execute(
+                select(deletion_requests.c.deletion_id).where(deletion_requests.c.key_hash == key)
+            ).scalar_one_or_none()
+            if seen is not None:
+                return _status(conn, seen)
+        deletion_id = uuid.uuid4()
+        created = conn.execute(
+            insert(deletions)
+            .values(deletion_id=deletion_id, subject_hash=subject, user_id=user_id, source=source,
+                    state="in_progress")
+            .on_conflict_do_nothing(index_elements=["subject_hash"], index_where=text("state <> 'completed'"))
+            .returning(deletions.c.deletion_id)
+        ).scalar_one_or_none()
+        if created is None:
+            deletion_id = conn.execute(
+                select(deletions.c.deletion_id).where(
+                    deletions.c.subject_hash == subject, deletions.c.state != "completed"
+                )
+            ).scalar_one()
+        else:
+            conn.execute(
+                insert(deletion_steps),
+                [
+                    {"deletion_id": deletion_id, "service": service, "subject_hash": subject, "step": step,
+                     "state": "running" if service in (MAILER, WATCHER) else "pending",
+                     "attempts": 1 if service in (MAILER, WATCHER) else 0, "error": "", "position": position}
+                    for position, (service, step) in enumerate(STEPS)
+                ],
+            )
+            publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+            log.info("account deletion requested", extra={"deletion_id": str(deletion_id), "source": source})
+        if key:
+            conn.execute(
+                insert(deletion_requests)
+                .values(key_hash=key, subject_hash=subject, deletion_id=deletion_id)
+                .on_conflict_do_nothing(index_elements=["key_hash"])
+            )
+        return _status(conn, deletion_id)
+
+
+def latest_status(engine: Engine, user_id: str) -> Status | None:
+    """The user's most recent deletion; answerable after their data is gone."""
+    with user_tx(engine, user_id) as conn:
+        deletion_id = conn.execute(
+            select(deletions.c.deletion_id)
+            .where(deletions.c.subject_hash == subject_hash(user_id))
+            .order_by(deletions.c.requested_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return _status(conn, deletion_id) if deletion_id is not None else None
+
+
+# -- the saga's progress ---------------------------------------------------------------------------
+
+
+def handle_event(conn: Connection, event: dict) -> None:
+    """Consumer handler for ``account.purged`` and ``account.purge_failed`` (inside its transaction)."""
+    user_id = event["user_id"]
+    payload = event["payload"]
+    service = _ALIASES.get(str(payload.get("service", "")))
+    try:
+        deletion_id = uuid.UUID(str(payload.get("deletion_id")))
+    except ValueError:
+        deletion_id = None
+    if service is None or deletion_id is None:
+        log.warning("deletion report ignored: unknown service or deletion id",
+                    extra={"event_id": event["id"], "event_type": event["type"]})
+        return
+    row = conn.execute(
+        select(deletions.c.state).where(
+            deletions.c.deletion_id == deletion_id, deletions.c.subject_hash == subject_hash(user_id)
+        ).with_for_update()
+    ).first()
+    if row is None:
+        log.warning("deletion report ignored: no such deletion", extra={"deletion_id": str(deletion_id)})
+        return
+    if row.state == "completed":
+        # A late duplicate: the consumer has just recorded it in the inbox under the user's id.
+        _forget_messaging(conn, user_id)
+        return
+    if event["type"] == PURGED:
+        conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
+                   deletion_steps.c.state != "done")
+            .values(state="done", error="", updated_at=text("now()"))
+        )
+        log.info("deletion step done", extra={"deletion_id": str(deletion_id), "service": service})
+    else:
+        error = str(payload.get("error") or "failed")[:200]
+        conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
+                   deletion_steps.c.state != "done")
+            .values(state="failed", error=error, updated_at=text("now()"))
+        )
+        log.warning("deletion step failed", extra={"deletion_id": str(deletion_id), "service": service})
+    _advance(conn, deletion_id, user_id)
+
+
+def _forget_messaging(conn: Connection, user_id: str) -> None:
+    """Remove the user's id from this service's messaging tables (dedupe records, relayed events)."""
+    conn.execute(text("DELETE FROM accounts.inbox WHERE user_id = :u"), {"u": user_id})
+    conn.execute(text("DELETE FROM accounts.outbox WHERE user_id = :u AND published_at IS NOT NULL"), {"u": user_id})
+
+
+def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str) -> None:
+    """Take the saga's next step from the steps' states (the deletion row is locked by the caller)."""
+    states = dict(
+        conn.execute(
+            select(deletion_steps.c.service, deletion_steps.c.state).where(deletion_steps.c.deletion_id == deletion_id)
+        ).all()
+    )
+    if states.get(MAILER) == "done" and states.get(VAULT) == "pending":
+        publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+        conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == VAULT)
+            .values(state="running", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
+        )
+        states[VAULT] = "running"
+        log.info("grant revocation requested", extra={"deletion_id": str(deletion_id)})
+    if all(states.get(service) == "done" for service in _REPORTING):
+        conn.execute(delete(users).where(users.c.user_id == user_id))
+        _forget_messaging(conn, user_id)
+        conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == ACCOUNTS)
+            .values(state="done", attempts=deletion_steps.c.attempts + 1, error="", updated_at=text("now()"))
+        )
+        conn.execute(
+            update(deletions)
+            .where(deletions.c.deletion_id == deletion_id)
+            .values(state="completed", completed_at=text("now()"), user_id=None)
+        )
+        log.info("account deletion completed", extra={"deletion_id": str(deletion_id)})
+        return
+    state = "failed" if "failed" in states.values() else "in_progress"
+    conn.execute(update(deletions).where(deletions.c.deletion_id == deletion_id).values(state=state))
+
+
+def mark_overdue(engine: Engine, deadline_s: float) -> int:
+    """Show as failed every step that has reported nothing within ``deadline_s`` of being requested.
+
+    A step whose message went to the dead-letter queue reports nothing: this is what makes it visible
+    instead of silently stuck. Returns how many steps were marked.
+    """
+    with system_tx(engine) as conn:
+        marked = conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.state == "running",
+                   deletion_steps.c.updated_at < text("now() - make_interval(secs => :deadline)"))
+            .values(state="failed", error="no report within the deadline; an operator can retry it",
+                    updated_at=text("now()"))
+            .returning(deletion_steps.c.deletion_id, deletion_steps.c.service),
+            {"deadline": float(deadline_s)},
+        ).all()
+        for deletion_id in {row.deletion_id for row in marked}:
+            conn.execute(
+                update(deletions)
+                .where(deletions.c.deletion_id == deletion_id, deletions.c.state == "in_progress")
+                .values(state="failed")
+            )
+    for row in marked:
+        log.warning("deletion step overdue, marked failed",
+                    extra={"deletion_id": str(row.deletion_id), "service": row.service})
+    return len(marked)
+
+
+def retry(engine: Engine, deletion_id: str) -> list[str]:
+    """Republish every step of an unfinished deletion that has not reported done; return their services.
+
+    For the operator. Duplicates are harmless: each service's purge is idempotent and a second report
+    of a done step changes nothing.
+    """
+    try:
+        wanted = uuid.UUID(deletion_id)
+    except ValueError:
+        raise NoSuchDeletion("not a deletion id") from None
+    with system_tx(engine) as conn:
+        row = conn.execute(
+            select(deletions.c.user_id, deletions.c.state).where(deletions.c.deletion_id == wanted)
+        ).first()
+    if row is None or row.state == "completed" or not row.user_id:
+        raise NoSuchDeletion("no unfinished deletion with this id")
+    user_id = row.user_id
+    with user_tx(engine, user_id, system=True) as conn:
+        conn.execute(select(deletions.c.deletion_id).where(deletions.c.deletion_id == wanted).with_for_update())
+        states = dict(
+            conn.execute(
+                select(deletion_steps.c.service, deletion_steps.c.state).where(deletion_steps.c.deletion_id == wanted)
+            ).all()
+        )
+        again = [s for s in (MAILER, WATCHER) if states.get(s) in ("running", "failed")]
+        if again:
+            publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(wanted)})
+        if states.get(VAULT) in ("running", "failed"):
+            publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(wanted)})
+            again.append(VAULT)
+        if again:
+            conn.execute(
+                update(deletion_steps)
+                .where(deletion_steps.c.deletion_id == wanted, deletion_steps.c.service.in_(again))
+                .values(state="running", error="", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
+            )
+        _advance(conn, wanted, user_id)
+    log.info("deletion retried", extra={"deletion_id": str(wanted), "steps": again})
+    return again
