@@ -101,6 +101,19 @@ def database(pg_admin_url: str) -> Iterator[Database]:
         _drop_database(pg_admin_url, name)
 
 
+@pytest.fixture(scope="module")
+def isolated_database(pg_admin_url: str) -> Iterator[Database]:
+    """A database of the module's own, for tests that run relays or consumers in process: the shared
+    ``database`` is also served by the ``stack``'s services, whose relays would take their outbox rows."""
+    name = f"cp_test_{uuid.uuid4().hex[:10]}"
+    bootstrap(pg_admin_url, name)
+    base = pg_admin_url.rsplit("/", 1)[0]
+    try:
+        yield Database(name, f"{base}/{name}", pg_admin_url)
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
 @pytest.fixture(scope="session")
 def messaging_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"cptest{uuid.uuid4().hex[:8]}"

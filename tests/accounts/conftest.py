@@ -37,8 +37,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 20.0, step: flo
 
 
 @pytest.fixture(scope="session")
-def accounts_engine(database):
-    engine = make_engine(database.app_url("accounts"), application_name="accounts-test")
+def accounts_engine(isolated_database):
+    engine = make_engine(isolated_database.app_url("accounts"), application_name="accounts-test")
     yield engine
     engine.dispose()
 
@@ -122,11 +122,11 @@ def saga(accounts_engine, broker: Broker) -> Iterator[Consumer]:
 
 
 @pytest.fixture
-def admin(database):
+def admin(isolated_database):
     """Superuser queries on the test database (bypasses RLS): for checks only."""
 
     def query(sql: str, *params: object) -> list[tuple]:
-        with psycopg.connect(database.admin_url, autocommit=True) as conn:
+        with psycopg.connect(isolated_database.admin_url, autocommit=True) as conn:
             return conn.execute(sql, params).fetchall()
 
     return query

@@ -129,7 +129,7 @@ def test_replayed_idempotency_key_after_completion_starts_nothing_new(accounts_e
 
 
 def test_reported_failure_is_shown_and_the_operator_retry_republishes_the_step(
-        accounts_engine, saga, broker, database, user_id):
+        accounts_engine, saga, broker, isolated_database, user_id):
     status = deletions.request_deletion(accounts_engine, user_id, "api")
     events_for(broker, user_id, 1)
     broker.report(user_id, "account.purged", {"deletion_id": status.deletion_id, "service": "mailer"})
@@ -140,7 +140,7 @@ def test_reported_failure_is_shown_and_the_operator_retry_republishes_the_step(
     vault = next(s for s in deletions.latest_status(accounts_engine, user_id).steps if s.service == "token-vault")
     assert (vault.state, vault.error, vault.attempts) == ("failed", "google unreachable", 1)
 
-    env = {**os.environ, "DATABASE_URL": database.app_url("accounts")}
+    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts")}
     done = subprocess.run([sys.executable, "-m", "coffeeping_accounts", "retry-deletion", status.deletion_id],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -156,8 +156,8 @@ def test_reported_failure_is_shown_and_the_operator_retry_republishes_the_step(
     assert wait_until(lambda: deletions.latest_status(accounts_engine, user_id).state == "completed")
 
 
-def test_retry_of_an_unknown_or_finished_deletion_is_refused_in_one_line(database):
-    env = {**os.environ, "DATABASE_URL": database.app_url("accounts")}
+def test_retry_of_an_unknown_or_finished_deletion_is_refused_in_one_line(isolated_database):
+    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts")}
     for argument in (str(uuid.uuid4()), "not-a-uuid"):
         done = subprocess.run([sys.executable, "-m", "coffeeping_accounts", "retry-deletion", argument],
                               env=env, capture_output=True, text=True, timeout=60)

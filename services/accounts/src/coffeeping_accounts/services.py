@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, literal, select
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import user_tx
 from coffeeping_accounts import deletions
+from coffeeping_accounts.models import deletions as deletion_rows
 from coffeeping_accounts.models import users
 
 
@@ -24,10 +25,23 @@ def get_or_create_user(engine: Engine, user_id: str) -> User:
 
     Raises ``DeletionInProgress`` while the account is being deleted, so that a sign-in during the
     deletion never recreates data. After the deletion completed, the same id starts a fresh account.
+    The common case (a known user, no deletion) is one query after the user is set.
     """
+    deleting = (
+        select(deletion_rows.c.deletion_id)
+        .where(deletion_rows.c.subject_hash == deletions.subject_hash(user_id),
+               deletion_rows.c.state != "completed")
+        .exists()
+    )
     with user_tx(engine, user_id) as conn:
-        if deletions.in_progress(conn, user_id):
+        row = conn.execute(
+            select(users.c.user_id, users.c.created_at, deleting.label("deleting"))
+            .select_from(select(literal(1).label("one")).subquery().outerjoin(users, users.c.user_id == user_id))
+        ).one()
+        if row.deleting:
             raise deletions.DeletionInProgress()
+        if row.user_id is not None:
+            return User(row.user_id, row.created_at)
         conn.execute(insert(users).values(user_id=user_id).on_conflict_do_nothing(index_elements=["user_id"]))
         row = conn.execute(select(users.c.user_id, users.c.created_at).where(users.c.user_id == user_id)).one()
     return User(row.user_id, row.created_at)

@@ -1,23 +1,136 @@
-"""The token-vault gRPC API."""
+"""The token-vault gRPC API.
+
+Callers are authorised by service identity (the mTLS certificate): only the gateway stores a grant
+or consumes OAuth state nonces; only the mailer and the reply watcher obtain access tokens; no method
+returns a refresh token.
+"""
 
 from __future__ import annotations
 
-import grpc
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator
 
-from coffeeping.common.rpc import Allow, allow
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coffeeping.common.rpc import GATEWAY, Allow, allow, current_caller, current_user
 from coffeeping.types.v1 import export_pb2
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
+from coffeeping_vault.services import (
+    GrantView,
+    IntegrityFailure,
+    NeedsReconnect,
+    NotConnected,
+    Refused,
+    Unavailable,
+    Vault,
+    VaultError,
+)
 
+log = logging.getLogger(__name__)
+
+MAILER, WATCHER, ACCOUNTS = "mailer", "reply-watcher", "accounts"
 _SERVICE = "/coffeeping.vault.v1.TokenVault/"
 POLICY: dict[str, Allow] = {
-    _SERVICE + "GetGrantInfo": allow("auth-gateway", "accounts", user_from=["auth-gateway", "accounts"]),
-    _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
+    _SERVICE + "CompleteConnection": allow(GATEWAY),
+    _SERVICE + "ConsumeStateNonce": allow(GATEWAY),
+    _SERVICE + "GetAccessToken": allow(MAILER, WATCHER, user_from=[MAILER, WATCHER]),
+    _SERVICE + "GetGrantInfo": allow(GATEWAY, ACCOUNTS, user_from=[GATEWAY, ACCOUNTS]),
+    _SERVICE + "RevokeGrant": allow(GATEWAY, ACCOUNTS, user_from=[GATEWAY, ACCOUNTS]),
+    _SERVICE + "ExportData": allow(ACCOUNTS, user_from=[ACCOUNTS]),
+    _SERVICE + "Ping": allow(GATEWAY, ACCOUNTS, MAILER, WATCHER, "token-vault", needs_user=False),
 }
+_REVOKE_REASONS = {"user_disconnected", "account_deleted"}
+
+
+def _ts(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _grant_info(view: GrantView) -> vault_pb2.GrantInfo:
+    if not view.connected:
+        return vault_pb2.GrantInfo(connected=False)
+    return vault_pb2.GrantInfo(
+        connected=True,
+        email=view.email,
+        scopes=list(view.scopes),
+        status=view.status,
+        connected_at=_ts(view.connected_at),
+        refreshed_at=_ts(view.refreshed_at),
+        has_refresh_token=view.has_refresh_token,
+    )
+
+
+def _abort(context: grpc.ServicerContext, exc: VaultError) -> None:
+    if isinstance(exc, NotConnected):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no Gmail connection")
+    if isinstance(exc, NeedsReconnect):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs_reconnect")
+    if isinstance(exc, Unavailable):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "unavailable")
+    if isinstance(exc, Refused):
+        code = grpc.StatusCode.FAILED_PRECONDITION if exc.precondition else grpc.StatusCode.INVALID_ARGUMENT
+        context.abort(code, exc.reason)
+    if isinstance(exc, IntegrityFailure):
+        context.abort(grpc.StatusCode.DATA_LOSS, "the stored grant could not be decrypted")
+    context.abort(grpc.StatusCode.INTERNAL, "vault error")
 
 
 class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
     def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
         return export_pb2.PingResponse()
 
-    def GetGrantInfo(self, request: vault_pb2.GetGrantInfoRequest, context: grpc.ServicerContext) -> vault_pb2.GrantInfo:
-        return vault_pb2.GrantInfo(connected=False)
+    def CompleteConnection(self, request: vault_pb2.CompleteConnectionRequest,
+                           context: grpc.ServicerContext) -> vault_pb2.GrantInfo:
+        try:
+            view = self.vault.complete_connection(current_user(), current_caller(), request.code,
+                                                  request.code_verifier, request.redirect_uri)
+        except VaultError as exc:
+            _abort(context, exc)
+        return _grant_info(view)
+
+    def GetAccessToken(self, request: vault_pb2.GetAccessTokenRequest,
+                       context: grpc.ServicerContext) -> vault_pb2.AccessToken:
+        try:
+            token = self.vault.get_access_token(current_user(), current_caller())
+        except VaultError as exc:
+            _abort(context, exc)
+        return vault_pb2.AccessToken(access_token=token.access_token, expires_at=_ts(token.expires_at),
+                                     email=token.email, scopes=list(token.scopes))
+
+    def GetGrantInfo(self, request: vault_pb2.GetGrantInfoRequest,
+                     context: grpc.ServicerContext) -> vault_pb2.GrantInfo:
+        return _grant_info(self.vault.grant_info(current_user()))
+
+    def RevokeGrant(self, request: vault_pb2.RevokeGrantRequest,
+                    context: grpc.ServicerContext) -> vault_pb2.RevokeGrantResponse:
+        reason = request.reason or "user_disconnected"
+        if reason not in _REVOKE_REASONS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reason must be user_disconnected or account_deleted")
+        try:
+            revoked = self.vault.revoke(current_user(), current_caller(), reason)
+        except VaultError as exc:
+            _abort(context, exc)
+        return vault_pb2.RevokeGrantResponse(revoked=revoked)
+
+    def ExportData(self, request: export_pb2.ExportRequest,
+                   context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
+        for section, record in self.vault.export(current_user()):
+            yield export_pb2.ExportRecord(section=section, json=json.dumps(record, ensure_ascii=False))
+
+    def ConsumeStateNonce(self, request: vault_pb2.ConsumeStateNonceRequest,
+                          context: grpc.ServicerContext) -> vault_pb2.ConsumeStateNonceResponse:
+        if not request.HasField("expires_at"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expires_at is required")
+        expires_at = request.expires_at.ToDatetime(tzinfo=dt.UTC)
+        return vault_pb2.ConsumeStateNonceResponse(
+            fresh=self.vault.consume_state_nonce(current_user(), request.nonce, expires_at))

@@ -1,0 +1,79 @@
+"""The token vault as real processes: its own database (bootstrapped and migrated like production),
+an in-process sandbox for Google OAuth and Cloud KMS, the dev certificates, and a private messaging
+prefix. Tests call it over mTLS as whichever service they need to be."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from bootstrap_db import bootstrap, role_url
+from vault_support import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, VaultDb, VaultHarness
+
+from coffeeping_sandbox.server import Sandbox, start_sandbox
+
+
+@pytest.fixture(scope="session")
+def vault_db(pg_admin_url: str) -> Iterator[VaultDb]:
+    name = f"cp_vaulttest_{uuid.uuid4().hex[:10]}"
+    bootstrap(pg_admin_url, name)
+    base = pg_admin_url.rsplit("/", 1)[0]
+    try:
+        yield VaultDb(name, f"{base}/{name}", role_url(pg_admin_url, name, "cp_vault"))
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def google() -> Iterator[Sandbox]:
+    sb = start_sandbox(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])])
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
+@pytest.fixture(scope="session")
+def vault_prefix(amqp_url: str) -> Iterator[str]:
+    prefix = f"cpvaulttest{uuid.uuid4().hex[:8]}"
+    yield prefix
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
+        channel_ = conn.channel()
+        for queue in (f"{prefix}.token-vault", f"{prefix}.token-vault.dead", f"{prefix}.probe"):
+            with contextlib.suppress(Exception):
+                channel_.queue_delete(queue)
+                channel_ = conn.channel()
+        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
+            with contextlib.suppress(Exception):
+                channel_.exchange_delete(exchange)
+                channel_ = conn.channel()
+
+
+@pytest.fixture(scope="session")
+def harness(vault_db: VaultDb, google: Sandbox, certs: Path, vault_prefix: str, amqp_url: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultHarness]:
+    h = VaultHarness(vault_db, google, certs, vault_prefix, amqp_url, tmp_path_factory.mktemp("vault-logs"))
+    h.start()
+    h.start()
+    try:
+        yield h
+    finally:
+        for channel_ in h._channels.values():
+            channel_.close()
+        for process in h.processes:
+            process.stop()
+
+
+@pytest.fixture
+def vault(harness: VaultHarness) -> Iterator[VaultHarness]:
+    """The two running vault processes, with no faults armed before or after the test."""
+    harness.google.control.clear_faults()
+    yield harness
+    harness.google.control.clear_faults()
