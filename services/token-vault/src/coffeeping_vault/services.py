@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from coffeeping.common.db import system_tx, user_tx
-from coffeeping.common.messaging import publish_in_tx
+from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping_vault import crypto
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
@@ -428,6 +428,7 @@ class Vault:
         conn.execute(delete(state_nonces).where(state_nonces.c.user_id == user_id))
         for key_id in key_ids:
             self.keyring.cache.forget(str(key_id))
+        forget_user(conn, SCHEMA, user_id)
         publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": "token-vault"})
         log.info("vault purged for deletion", extra={"user_id": user_id, "deletion_id": deletion_id})
 

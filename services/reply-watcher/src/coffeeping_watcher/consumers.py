@@ -1,0 +1,63 @@
+"""What the watcher learns from events (docs/EVENTS.md): which threads to watch, which messages are
+ours, when to stop, pause or resume, and when to purge a user."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine
+
+from coffeeping.common.gmail import VaultTokenSource
+from coffeeping.common.messaging import Consumer
+from coffeeping_watcher import SERVICE, services
+
+log = logging.getLogger(__name__)
+
+ROUTING_KEYS = (
+    "sequence.started",
+    "sequence.message_sent",
+    "sequence.stopped",
+    "gmail.connected",
+    "gmail.disconnected",
+    "account.deletion_requested",
+)
+
+
+def make_handler(tokens: VaultTokenSource | None = None,
+                 on_due: Callable[[], None] | None = None) -> Callable[[Connection, dict], None]:
+    """The consumer's handler; ``tokens`` drops a cached access token when the grant goes away and
+    ``on_due`` wakes the poller when a mailbox became due at once."""
+
+    def handle(conn: Connection, event: dict) -> None:
+        user_id, payload, kind = event["user_id"], event.get("payload") or {}, event["type"]
+        if kind == "sequence.started":
+            services.watch_sequence(conn, user_id, payload)
+            if on_due:
+                on_due()
+        elif kind == "sequence.message_sent":
+            services.record_sent(conn, user_id, payload)
+        elif kind == "sequence.stopped":
+            services.unwatch_sequence(conn, user_id, payload)
+        elif kind == "gmail.disconnected":
+            services.pause(conn, user_id)
+            if tokens:
+                tokens.forget(user_id)
+        elif kind == "gmail.connected":
+            services.resume(conn, user_id, payload)
+            if tokens:
+                tokens.forget(user_id)
+        elif kind == "account.deletion_requested":
+            services.purge_user(conn, user_id, payload)
+            if tokens:
+                tokens.forget(user_id)
+        else:
+            log.info("event ignored", extra={"event_type": kind, "event_id": event["id"]})
+
+    return handle
+
+
+def make_consumer(amqp_url: str, prefix: str, engine: Engine, tokens: VaultTokenSource | None = None,
+                  on_due: Callable[[], None] | None = None) -> Consumer:
+    return Consumer(amqp_url, prefix, SERVICE, ROUTING_KEYS, engine, services.SCHEMA,
+                    make_handler(tokens, on_due))
