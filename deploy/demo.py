@@ -86,7 +86,8 @@ def outreach(args: argparse.Namespace) -> int:
     api.call("POST", f"/v1/sequences/{sequence_id}/send")
     time.sleep(2)
     show(api.call("GET", f"/v1/sequences/{sequence_id}").json())
-    print(f"Gmail now holds the first email and both follow-ups as drafts: {GOOGLE}/_sandbox/gmail/mailbox?user=<email>")
+    print("Gmail now holds the first email and both follow-ups as drafts:")
+    print(f"  {GOOGLE}/_sandbox/gmail/mailbox?user=<the connected address>")
     return 0
 
 
