@@ -101,9 +101,9 @@ def database(pg_admin_url: str) -> Iterator[Database]:
         _drop_database(pg_admin_url, name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def isolated_database(pg_admin_url: str) -> Iterator[Database]:
-    """A database of the module's own, for tests that run relays or consumers in process: the shared
+    """A second database, for tests that run relays or consumers in process: the shared
     ``database`` is also served by the ``stack``'s services, whose relays would take their outbox rows."""
     name = f"cp_test_{uuid.uuid4().hex[:10]}"
     bootstrap(pg_admin_url, name)

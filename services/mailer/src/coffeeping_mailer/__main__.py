@@ -1,29 +1,54 @@
-"""Entry point: ``coffeeping-mailer`` (or ``python -m coffeeping_mailer``)."""
+"""Entry point: ``coffeeping-mailer`` (or ``python -m coffeeping_mailer``).
+
+Runs the gRPC API and three workers: the outbox relay, the event consumer and the scheduler.
+"""
 
 from __future__ import annotations
 
 from coffeeping.common.config import load_or_exit
+from coffeeping.common.db import make_engine
+from coffeeping.common.gmail import VaultTokenSource
 from coffeeping.common.logging import configure_logging
-from coffeeping.common.rpc import serve
+from coffeeping.common.messaging import Consumer, OutboxRelay
+from coffeeping.common.rpc import channel, serve
 from coffeeping.common.runtime import run_until_signalled
 from coffeeping.mailer.v1 import mailer_pb2_grpc
+from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_mailer import SERVICE
 from coffeeping_mailer.config import Settings
+from coffeeping_mailer.consumers import ROUTING_KEYS, Handlers
+from coffeeping_mailer.gmail_api import Gmail
+from coffeeping_mailer.models import SCHEMA
+from coffeeping_mailer.scheduler import Scheduler
 from coffeeping_mailer.servicer import POLICY, MailerServicer
 
 
 def main() -> None:
     settings = load_or_exit(Settings)
     configure_logging(SERVICE, settings.log_level)
+    tls = settings.for_service(SERVICE)
+    # Each sender holds two connections at most (its claimed job, and the step's own transactions);
+    # the pool may grow to twice its size, which covers them, the API, the relay and the consumer.
+    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, settings.scheduler_workers + 3),
+                         application_name=SERVICE)
+    tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
+    gmail = Gmail(settings.gmail_api_endpoint, tokens)
+    scheduler = Scheduler(engine, gmail, interval_s=settings.scheduler_interval_s,
+                          workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
+                          max_attempts=settings.max_attempts)
+    relay = OutboxRelay(engine, SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
+    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, SERVICE, ROUTING_KEYS, engine, SCHEMA,
+                        Handlers(gmail))
     server = serve(
         SERVICE,
-        [(mailer_pb2_grpc.add_MailerServicer_to_server, MailerServicer(), "coffeeping.mailer.v1.Mailer")],
+        [(mailer_pb2_grpc.add_MailerServicer_to_server, MailerServicer(engine), "coffeeping.mailer.v1.Mailer")],
         POLICY,
         settings.grpc_port,
-        settings.for_service(SERVICE),
+        tls,
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server)
+    run_until_signalled(server, [("outbox-relay", relay.run_forever), ("consumer", consumer.run),
+                                 ("scheduler", scheduler.run)])
 
 
 if __name__ == "__main__":

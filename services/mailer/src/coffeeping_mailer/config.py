@@ -2,9 +2,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coffeeping.common.config import host_port, integer, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
 
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
-    pass
+    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
+    # How often the scheduler looks for due steps when it found none the last time.
+    scheduler_interval_s: float = setting("MAILER_SCHEDULER_INTERVAL_S", number(0.05), default=5.0)
+    # Parallel senders per process: each holds one claimed job (and its row lock) at a time.
+    scheduler_workers: int = setting("MAILER_SCHEDULER_WORKERS", integer(1, 128), default=8)
+    # Sends per user per rolling 24 hours; the rest waits for the next window.
+    daily_cap: int = setting("MAILER_DAILY_CAP", integer(1, 100_000), default=400)
+    # Attempts of one step against Gmail 429/5xx before it is marked failed.
+    max_attempts: int = setting("MAILER_MAX_ATTEMPTS", integer(1, 100), default=8)
+    db_pool_size: int = setting("MAILER_DB_POOL_SIZE", integer(1, 200), default=5)

@@ -1,0 +1,223 @@
+"""The mailer's view of Gmail: the handful of calls it makes, with errors as our own types.
+
+Access tokens come from the vault through ``coffeeping.common.gmail.VaultTokenSource`` (never a refresh
+token). Building a client from the discovery document costs tens of milliseconds of CPU, so each thread
+builds one and every call runs on that user's own authorised HTTP object (kept per thread and user,
+refreshing from the vault on a 401). Sends are
+executed with ``num_retries=0``: retrying a send is the scheduler's decision, made with the step's
+recorded progress, never the HTTP library's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import google.auth.exceptions
+import google_auth_httplib2
+import httplib2
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build_from_document
+from googleapiclient.errors import HttpError
+
+from coffeeping.common.gmail import NeedsReconnect, VaultTokenSource, VaultUnavailable, _discovery_document
+
+
+class GmailError(Exception):
+    """A Gmail call failed."""
+
+
+class Disconnected(GmailError):
+    """The grant no longer works (the vault says reconnect, or Gmail says 401 after a refresh)."""
+
+
+class Transient(GmailError):
+    """429, 5xx, a network error or the vault unavailable: try again later."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class NotFound(GmailError):
+    """404: the draft, message or thread is not there."""
+
+
+class Rejected(GmailError):
+    """Another 4xx: Gmail refuses this request; retrying will not help."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"gmail {status}")
+        self.status = status
+
+
+def _retry_after(error: HttpError) -> float | None:
+    value = error.resp.get("retry-after") if error.resp is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _run(request: Any, http: Any) -> Any:
+    try:
+        return request.execute(http=http, num_retries=0)
+    except HttpError as error:
+        status = int(error.resp.status) if error.resp is not None else 0
+        if status == 401:
+            raise Disconnected("gmail 401 after refresh") from None
+        if status == 404:
+            raise NotFound("gmail 404") from None
+        if status == 429 or status >= 500 or (status == 403 and b"rateLimitExceeded" in (error.content or b"")):
+            raise Transient(f"gmail {status}", _retry_after(error)) from None
+        raise Rejected(status) from None
+    except NeedsReconnect:
+        raise Disconnected("vault: needs reconnect") from None
+    except google.auth.exceptions.RefreshError:
+        raise Disconnected("token refresh refused") from None
+    except VaultUnavailable as exc:
+        raise Transient(f"vault unavailable ({exc})") from None
+    except (httplib2.HttpLib2Error, OSError, TimeoutError) as exc:
+        raise Transient(f"network: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class ThreadMessage:
+    id: str
+    label_ids: tuple[str, ...]
+    internal_date_ms: int
+    sender: str  # the From header's address, lower-cased ("" when absent)
+
+
+class Gmail:
+    """Gmail for the mailer; thread safe (clients are per thread)."""
+
+    def __init__(self, endpoint: str, tokens: VaultTokenSource, cache_size: int = 256) -> None:
+        self.endpoint = endpoint
+        self.tokens = tokens
+        self.cache_size = cache_size
+        self._local = threading.local()
+
+    def _service(self) -> Any:
+        service = getattr(self._local, "service", None)
+        if service is None:
+            service = self._local.service = build_from_document(
+                _discovery_document(), http=httplib2.Http(timeout=30), client_options={"api_endpoint": self.endpoint})
+        return service
+
+    def _http(self, user_id: str) -> Any:
+        cache: OrderedDict[str, Any] | None = getattr(self._local, "https", None)
+        if cache is None:
+            cache = self._local.https = OrderedDict()
+        http = cache.get(user_id)
+        if http is not None:
+            cache.move_to_end(user_id)
+            return http
+        try:
+            token = self.tokens.get(user_id)
+        except NeedsReconnect:
+            raise Disconnected("vault: needs reconnect") from None
+        except VaultUnavailable as exc:
+            raise Transient(f"vault unavailable ({exc})") from None
+
+        def refresh(_request: Any, scopes: Any) -> tuple[str, Any]:
+            fresh = self.tokens.get(user_id, force=True)
+            return fresh.token, fresh.expires_at.replace(tzinfo=None)
+
+        credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
+                                  refresh_handler=refresh)
+        http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=30))
+        cache[user_id] = http
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return http
+
+    def _client(self, user_id: str) -> tuple[Any, Any]:
+        """The thread's ``users`` resource and the user's authorised HTTP object to run its requests on."""
+        return self._service().users(), self._http(user_id)
+
+    def forget(self, user_id: str) -> None:
+        cache = getattr(self._local, "https", None)
+        if cache is not None:
+            cache.pop(user_id, None)
+        self.tokens.forget(user_id)
+
+    def user_email(self, user_id: str) -> str:
+        try:
+            return self.tokens.get(user_id).email.lower()
+        except NeedsReconnect:
+            raise Disconnected("vault: needs reconnect") from None
+        except VaultUnavailable as exc:
+            raise Transient(f"vault unavailable ({exc})") from None
+
+    def history_id(self, user_id: str) -> str:
+        users, http = self._client(user_id)
+        return str(_run(users.getProfile(userId="me"), http)["historyId"])
+
+    def send(self, user_id: str, raw: str) -> dict[str, Any]:
+        users, http = self._client(user_id)
+        return _run(users.messages().send(userId="me", body={"raw": raw}), http)  # type: ignore[no-any-return]
+
+    def own_header(self, user_id: str, message_id: str, header: str) -> str | None:
+        """A header of a message the user sent (never used on a received message)."""
+        users, http = self._client(user_id)
+        request = users.messages().get(userId="me", id=message_id, format="metadata", metadataHeaders=[header])
+        reply = _run(request, http)
+        for item in reply.get("payload", {}).get("headers", []):
+            if item.get("name", "").lower() == header.lower():
+                return str(item.get("value", ""))
+        return None
+
+    def create_draft(self, user_id: str, raw: str, thread_id: str) -> dict[str, Any]:
+        users, http = self._client(user_id)
+        body = {"message": {"raw": raw, "threadId": thread_id}}
+        return _run(users.drafts().create(userId="me", body=body), http)  # type: ignore[no-any-return]
+
+    def draft_message_id(self, user_id: str, draft_id: str) -> str:
+        """The id of the draft's current message (it changes when the user edits the draft)."""
+        users, http = self._client(user_id)
+        reply = _run(users.drafts().get(userId="me", id=draft_id, format="minimal"), http)
+        return str(reply["message"]["id"])
+
+    def send_draft(self, user_id: str, draft_id: str) -> dict[str, Any]:
+        users, http = self._client(user_id)
+        return _run(users.drafts().send(userId="me", body={"id": draft_id}), http)  # type: ignore[no-any-return]
+
+    def delete_draft(self, user_id: str, draft_id: str) -> None:
+        users, http = self._client(user_id)
+        _run(users.drafts().delete(userId="me", id=draft_id), http)
+
+    def thread(self, user_id: str, thread_id: str) -> list[ThreadMessage]:
+        """The thread's messages with the ``From`` header only (metadata; never content)."""
+        from email.utils import parseaddr
+
+        users, http = self._client(user_id)
+        request = users.threads().get(userId="me", id=thread_id, format="metadata", metadataHeaders=["From"])
+        reply = _run(request, http)
+        out = []
+        for msg in reply.get("messages", []):
+            sender = ""
+            for item in msg.get("payload", {}).get("headers", []):
+                if item.get("name", "").lower() == "from":
+                    sender = parseaddr(str(item.get("value", "")))[1].lower()
+            out.append(ThreadMessage(str(msg["id"]), tuple(msg.get("labelIds", [])),
+                                     int(msg.get("internalDate", 0)), sender))
+        return out
+
+    def sent_since(self, user_id: str, history_id: str) -> list[dict[str, Any]]:
+        """Messages added with the SENT label since ``history_id`` (every page)."""
+        users, http = self._client(user_id)
+        found: list[dict[str, Any]] = []
+        token = None
+        while True:
+            reply = _run(users.history().list(userId="me", startHistoryId=history_id, historyTypes=["messageAdded"],
+                                              labelId="SENT", pageToken=token), http)
+            for record in reply.get("history", []):
+                for added in record.get("messagesAdded", []):
+                    found.append(added["message"])
+            token = reply.get("nextPageToken")
+            if not token:
+                return found
