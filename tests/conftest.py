@@ -114,13 +114,10 @@ def isolated_database(pg_admin_url: str) -> Iterator[Database]:
         _drop_database(pg_admin_url, name)
 
 
-@pytest.fixture(scope="session")
-def messaging_prefix(amqp_url: str) -> Iterator[str]:
-    prefix = f"cptest{uuid.uuid4().hex[:8]}"
-    yield prefix
+def _delete_messaging(amqp_url: str, prefix: str) -> None:
+    """Leave nothing behind on the shared broker."""
     from kombu import Connection
 
-    # Leave nothing behind on the shared broker.
     with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
         channel = conn.channel()
         for service in ("accounts", "token-vault", "mailer", "reply-watcher"):
@@ -132,6 +129,13 @@ def messaging_prefix(amqp_url: str) -> Iterator[str]:
             with contextlib.suppress(Exception):
                 channel.exchange_delete(exchange)
                 channel = conn.channel()
+
+
+@pytest.fixture(scope="session")
+def messaging_prefix(amqp_url: str) -> Iterator[str]:
+    prefix = f"cptest{uuid.uuid4().hex[:8]}"
+    yield prefix
+    _delete_messaging(amqp_url, prefix)
 
 
 @pytest.fixture(scope="session")
@@ -197,20 +201,31 @@ class RunningStack:
 
 
 @pytest.fixture(scope="session")
-def stack(database: Database, amqp_url: str, messaging_prefix: str, var_dir: Path,
-          certs: Path) -> Iterator[RunningStack]:
-    """The five services and the sandbox, as a user runs them, on free ports."""
-    config = StackConfig.ephemeral(var_dir, database.name, messaging_prefix)
-    config.admin_url = database.server_admin_url
+def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Iterator[RunningStack]:
+    """The five services and the sandbox, as a user runs them, on free ports.
+
+    The stack has a database and a messaging prefix of its own: tests that run services or relays in
+    process (with ``database`` and ``messaging_prefix``) never race the stack's workers for rows or
+    messages.
+    """
+    name = f"cp_stack_{uuid.uuid4().hex[:10]}"
+    bootstrap(pg_admin_url, name)
+    base = pg_admin_url.rsplit("/", 1)[0]
+    database = Database(name, f"{base}/{name}", pg_admin_url)
+    prefix = f"cpstack{uuid.uuid4().hex[:8]}"
+    config = StackConfig.ephemeral(var_dir, name, prefix)
+    config.admin_url = pg_admin_url
     config.rabbitmq_url = amqp_url
     config.extra_env.update({"MAILER_SCHEDULER_INTERVAL_S": "0.5", "REPLY_WATCHER_POLL_INTERVAL_S": "1",
-                             "LOG_LEVEL": "INFO"})
+                             "REPLY_WATCHER_TAKEOVER_GRACE_S": "3", "LOG_LEVEL": "INFO"})
     running = Stack(config)
     try:
         running.start()
         yield RunningStack(running, config, database)
     finally:
         running.stop()
+        _delete_messaging(amqp_url, prefix)
+        _drop_database(pg_admin_url, name)
 
 
 def all_schemas() -> list[str]:

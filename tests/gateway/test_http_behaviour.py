@@ -55,9 +55,14 @@ def test_openapi_documents_exactly_the_served_routes(stack):
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
-        for method in rule.methods - {"HEAD", "OPTIONS"}:
-            served.add((path, method.lower()))
+        # A <any(a, b):name> segment serves one documented path per alternative.
+        choice = re.search(r"<any\(([^)]*)\):[^>]+>", rule.rule)
+        alternatives = [a.strip() for a in choice.group(1).split(",")] if choice else [None]
+        for alternative in alternatives:
+            concrete = rule.rule.replace(choice.group(0), alternative) if choice else rule.rule
+            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", concrete)
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                served.add((path, method.lower()))
     documented = {(path, method) for path, item in document["paths"].items() for method in item
                   if method in ("get", "post", "put", "patch", "delete")}
     assert served == documented, {"undocumented": served - documented, "not served": documented - served}

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from coffeeping.common.messaging import publish_in_tx
+from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping_mailer import services
 from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected
 from coffeeping_mailer.models import SCHEMA
@@ -93,7 +93,7 @@ class Handlers:
                           "WHERE user_id = :u FOR UPDATE SKIP LOCKED)"), {"u": user})
         conn.execute(text(f"DELETE FROM {SCHEMA}.draft_deletions WHERE user_id = :u"), {"u": user})
         conn.execute(text(f"DELETE FROM {SCHEMA}.contacts WHERE user_id = :u"), {"u": user})
-        conn.execute(text(f"DELETE FROM {SCHEMA}.outbox WHERE user_id = :u AND published_at IS NOT NULL"), {"u": user})
+        forget_user(conn, SCHEMA, user)
         conn.execute(text(f"DELETE FROM {SCHEMA}.outbox WHERE user_id = :u AND routing_key LIKE 'sequence.%'"),
                      {"u": user})
         self.gmail.forget(user)
