@@ -168,6 +168,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load per route first")
     parser.add_argument("--processes", type=int, default=2, help="client processes sharing the connections")
     parser.add_argument("--log-level", default="INFO", help="the services' LOG_LEVEL")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (path printed)")
     parser.add_argument("--workers", type=int, default=None, help="GATEWAY_WORKERS (default: the gateway's own)")
     parser.add_argument("--threads", type=int, default=None, help="GATEWAY_THREADS (default: the gateway's own)")
     args = parser.parse_args()
@@ -207,7 +208,8 @@ def main() -> int:
         with contextlib.suppress(psycopg.Error), psycopg.connect(config.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database)))
         _cleanup_broker(config.rabbitmq_url, config.messaging_prefix)
-        shutil.rmtree(var_dir, ignore_errors=True)
+        if not args.keep_logs:
+            shutil.rmtree(var_dir, ignore_errors=True)
 
     me, bare = figures[list(ROUTES)[0]], figures[list(ROUTES)[1]]
     gunicorn = (f"gunicorn gthread, GATEWAY_WORKERS={args.workers or 'default'}, "
