@@ -34,6 +34,7 @@ CoffeePing is running.
   Sandbox:      Google {config.google_url}  Clerk {config.clerk_url}  KMS 127.0.0.1:{config.sandbox_ports['kms']}
   A session token:  TOKEN=$(.venv/bin/python -m coffeeping_sandbox.clerk mint --user user_demo --url {config.clerk_url})
   Then:         curl -H "Authorization: Bearer $TOKEN" {gw}/v1/me
+  Guided demo:  .venv/bin/python deploy/demo.py connect | outreach | reply   (see README.md)
 Press Ctrl-C to stop everything.
 """ if config.sandbox else f"\nCoffeePing is running at {gw} (no sandbox). Ctrl-C stops it.\n", flush=True)
     try:
