@@ -161,9 +161,9 @@ class VaultHarness:
             vault_pb2.CompleteConnectionRequest(code=code, code_verifier=verifier, redirect_uri=REDIRECT_URI),
             metadata=call_metadata(user), timeout=30)
 
-    def access_token(self, user: str, caller: str = "mailer", process: VaultProcess | None = None
-                     ) -> vault_pb2.AccessToken:
-        return self.stub(caller, process).GetAccessToken(vault_pb2.GetAccessTokenRequest(),
+    def access_token(self, user: str, caller: str = "mailer", process: VaultProcess | None = None,
+                     scopes: tuple[str, ...] = ()) -> vault_pb2.AccessToken:
+        return self.stub(caller, process).GetAccessToken(vault_pb2.GetAccessTokenRequest(scopes=list(scopes)),
                                                          metadata=call_metadata(user), timeout=30)
 
     def grant_info(self, user: str) -> vault_pb2.GrantInfo:
@@ -171,9 +171,21 @@ class VaultHarness:
                                                       timeout=10)
 
     def expire(self, user: str) -> None:
-        """Make the stored access token look old (its expiry is metadata, kept in clear)."""
+        """Make the stored access tokens look old (their expiry is metadata, kept in clear)."""
         self.db.execute("UPDATE vault.grants SET access_expires_at = now() - interval '1 minute' WHERE user_id = %s",
                         user)
+        self.db.execute("UPDATE vault.scoped_tokens SET access_expires_at = now() - interval '1 minute' "
+                        "WHERE user_id = %s", user)
+        self.settle()
+
+    @staticmethod
+    def settle() -> None:
+        """Let the vault processes hear of a change made behind their backs.
+
+        A trigger notifies every process of any grant change and each drops its in-memory tokens for
+        the user when the notification arrives, milliseconds after the commit; this wait is a wide
+        margin for that delivery (it is not a measurement)."""
+        time.sleep(0.3)
 
     def refresh_tokens(self, email: str) -> list[str]:
         return [t["token"] for g in self.google.oauth.grants_snapshot() if g["email"] == email

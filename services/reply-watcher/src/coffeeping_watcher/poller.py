@@ -34,7 +34,7 @@ from google.auth.exceptions import RefreshError, TransportError
 from googleapiclient.errors import HttpError
 from sqlalchemy import Engine
 
-from coffeeping.common.gmail import NeedsReconnect, VaultTokenSource, VaultUnavailable, gmail_client
+from coffeeping.common.gmail import SCOPE_METADATA, NeedsReconnect, VaultTokenSource, VaultUnavailable, gmail_client
 from coffeeping_watcher import services
 from coffeeping_watcher.services import Decision, MailboxState
 
@@ -118,7 +118,9 @@ class Poller:
         self.lease_s = max(lease_s, gmail_timeout_s * 4)
         self.gmail_timeout_s = gmail_timeout_s
         self._client_factory = client_factory or (
-            lambda user_id: gmail_client(self.gmail_endpoint, self.tokens, user_id, timeout_s=self.gmail_timeout_s)
+            # Metadata-only tokens: Gmail then refuses this service any message content, even by mistake.
+            lambda user_id: gmail_client(self.gmail_endpoint, self.tokens, user_id, timeout_s=self.gmail_timeout_s,
+                                         scopes=(SCOPE_METADATA,))
         )
         self.wake = threading.Event()  # set by CheckMailbox to look for due mailboxes at once
 
@@ -196,7 +198,7 @@ class Poller:
             services.commit_poll(self.engine, user_id, [], None, set(), self.interval_s)
             return PollResult(user_id, "polled")
         try:
-            token = self.tokens.get(user_id)
+            token = self.tokens.get(user_id, scopes=(SCOPE_METADATA,))
             gmail = self._client_factory(user_id)
             own_email = (token.email or state.email).lower()
             return self._poll_mailbox(state, gmail, own_email)

@@ -17,12 +17,14 @@ from coffeeping.common.rpc import serve
 from coffeeping.common.runtime import run_until_signalled
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_vault import SERVICE
+from coffeeping_vault.audit import AuditWriter
 from coffeeping_vault.config import Settings
 from coffeeping_vault.consumers import ROUTING_KEYS, make_handler
 from coffeeping_vault.google_oauth import GoogleOAuth
 from coffeeping_vault.kms import CloudKmsWrapper, DataKeyCache, Keyring, LocalWrapper
 from coffeeping_vault.servicer import POLICY, TokenVaultServicer
-from coffeeping_vault.services import SCHEMA, Vault
+from coffeeping_vault.services import FRESH_FOR, SCHEMA, Vault
+from coffeeping_vault.token_cache import TokenCache
 
 
 def build_vault(settings: Settings) -> Vault:
@@ -34,7 +36,9 @@ def build_vault(settings: Settings) -> Vault:
     google = GoogleOAuth(settings.google_client_id, settings.google_client_secret, settings.google_token_url,
                          settings.google_revoke_url, settings.google_userinfo_url,
                          timeout_s=settings.google_timeout_s, attempts=settings.google_attempts)
-    return Vault(engine, keyring, google)
+    cache = TokenCache(engine.url.set(drivername="postgresql").render_as_string(hide_password=False), FRESH_FOR,
+                       max_age_s=settings.token_cache_max_age_s, size=settings.token_cache_size)
+    return Vault(engine, keyring, google, cache, AuditWriter(engine, interval_s=settings.audit_flush_s))
 
 
 def main() -> None:
@@ -57,7 +61,9 @@ def main() -> None:
         grace=settings.shutdown_grace_s,
         max_workers=settings.grpc_workers,
     )
-    run_until_signalled(server, workers=[("outbox-relay", relay.run_forever), ("consumer", consumer.run)])
+    # The audit writer's last flush runs after the server has drained (workers stop after it).
+    run_until_signalled(server, workers=[("outbox-relay", relay.run_forever), ("consumer", consumer.run),
+                                         ("token-cache", vault.cache.run), ("audit-writer", vault.audit.run)])
 
 
 if __name__ == "__main__":

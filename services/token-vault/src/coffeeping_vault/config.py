@@ -34,6 +34,12 @@ class Settings(ServiceSettings):
     local_key: bytes | None = setting("TOKEN_VAULT_LOCAL_KEY", key32, default=None, secret=True)
     data_key_cache_ttl_s: float = setting("VAULT_DATA_KEY_CACHE_TTL_S", number(0.0), default=3600.0)
     data_key_cache_size: int = setting("VAULT_DATA_KEY_CACHE_SIZE", integer(1, 10_000_000), default=100_000)
+    # Decrypted access tokens kept in memory at most this long (a backstop: grant changes evict them
+    # at once through PostgreSQL notifications); 0 turns the in-memory cache off.
+    token_cache_max_age_s: float = setting("VAULT_TOKEN_CACHE_MAX_AGE_S", number(0.0), default=60.0)
+    token_cache_size: int = setting("VAULT_TOKEN_CACHE_SIZE", integer(1, 10_000_000), default=100_000)
+    # How often queued token-issue records are written (at most this much is lost in a hard crash).
+    audit_flush_s: float = setting("VAULT_AUDIT_FLUSH_S", number(0.01), default=0.1)
     db_pool_size: int = setting("VAULT_DB_POOL_SIZE", integer(1, 200), default=8)
     grpc_workers: int = setting("VAULT_GRPC_WORKERS", integer(1, 512), default=32)
 

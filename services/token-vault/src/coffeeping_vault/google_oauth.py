@@ -112,8 +112,17 @@ class GoogleOAuth:
             "redirect_uri": redirect_uri,
         })
 
-    def refresh(self, refresh_token: str) -> TokenResponse:
-        return self._token_call("refresh", {"grant_type": "refresh_token", "refresh_token": refresh_token})
+    def refresh(self, refresh_token: str, scopes: tuple[str, ...] = ()) -> TokenResponse:
+        """A new access token; with ``scopes``, one for exactly that subset of the grant (Google narrows
+        a token on refresh when the ``scope`` parameter asks for fewer scopes than were granted)."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if scopes:
+            form["scope"] = " ".join(scopes)
+        tokens = self._token_call("refresh", form)
+        if scopes and not tokens.scopes:
+            # Google leaves ``scope`` out when it is what was asked for.
+            tokens = TokenResponse(tokens.access_token, tokens.expires_in, scopes, tokens.refresh_token)
+        return tokens
 
     def revoke(self, token: str) -> bool:
         """Revoke the grant; True when revoked now, False when Google says it already was (400)."""

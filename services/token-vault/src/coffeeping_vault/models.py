@@ -48,6 +48,18 @@ grants = Table(
     Column("updated_at", DateTime(timezone=True)),
 )
 
+scoped_tokens = Table(
+    "scoped_tokens",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("grant_id", Uuid(as_uuid=False), ForeignKey("vault.grants.grant_id"), nullable=False),
+    Column("scope_key", Text, primary_key=True),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("access_ct", LargeBinary, nullable=False),
+    Column("access_expires_at", DateTime(timezone=True), nullable=False),
+    Column("refreshed_at", DateTime(timezone=True)),
+)
+
 audit = Table(
     "audit",
     metadata,

@@ -101,7 +101,7 @@ class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
     def GetAccessToken(self, request: vault_pb2.GetAccessTokenRequest,
                        context: grpc.ServicerContext) -> vault_pb2.AccessToken:
         try:
-            token = self.vault.get_access_token(current_user(), current_caller())
+            token = self.vault.get_access_token(current_user(), current_caller(), request.scopes)
         except VaultError as exc:
             _abort(context, exc)
         return vault_pb2.AccessToken(access_token=token.access_token, expires_at=_ts(token.expires_at),

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
@@ -22,9 +22,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping_vault import crypto
+from coffeeping_vault.audit import AuditWriter, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
-from coffeeping_vault.models import audit, data_keys, grants, state_nonces
+from coffeeping_vault.models import audit, data_keys, grants, scoped_tokens, state_nonces
+from coffeeping_vault.token_cache import CachedToken, TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +112,33 @@ def _view(row: object) -> GrantView:
     )
 
 
-_FAST_PATH = text(
+_READ_TOKEN = text(
     """
-    WITH g AS (
-        SELECT user_id, grant_id, key_id, email, scopes, status, access_ct, access_expires_at,
-               status = 'connected' AND access_ct IS NOT NULL
-               AND access_expires_at > now() + CAST(:fresh_for AS interval) AS fresh
-        FROM vault.grants WHERE user_id = :u
-    ), a AS (
-        INSERT INTO vault.audit (user_id, caller, action, outcome)
-        SELECT user_id, :caller, 'token_issued', 'ok' FROM g WHERE fresh
-        RETURNING 1
-    )
-    SELECT g.*, EXISTS (SELECT 1 FROM a) AS audited, set_config('synchronous_commit', 'off', true) AS sc FROM g
+    SELECT g.user_id, g.grant_id, g.key_id, g.email, g.scopes, g.status, g.access_ct, g.access_expires_at,
+           s.access_ct AS scoped_ct, s.access_expires_at AS scoped_expires_at
+    FROM vault.grants g
+    LEFT JOIN vault.scoped_tokens s ON s.user_id = g.user_id AND s.scope_key = :k
+    WHERE g.user_id = :u
     """
 )
+_MAX_SCOPES = 16
+
+
+def requested_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """The requested scope set, sorted and without duplicates; malformed requests are refused."""
+    wanted = sorted({s.strip() for s in scopes})
+    if len(wanted) > _MAX_SCOPES or any(not s or len(s) > 256 or not s.isprintable() or " " in s for s in wanted):
+        raise Refused("invalid_scopes", precondition=False)
+    return tuple(wanted)
+
+
+def _field(which: str, scope_key: str) -> str:
+    """The field named in a ciphertext's associated data: a scoped token is bound to its scope set."""
+    return f"{which}:{scope_key}" if scope_key else which
+
+
+def _scope_detail(wanted: tuple[str, ...]) -> str:
+    return "scopes=" + ",".join(short_scope(s) for s in wanted) if wanted else ""
 
 
 def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: str, detail: str = "") -> None:
@@ -133,10 +147,15 @@ def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: st
 
 
 class Vault:
-    def __init__(self, engine: Engine, keyring: Keyring, google: GoogleOAuth) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring, google: GoogleOAuth, cache: TokenCache | None = None,
+                 audit_writer: AuditWriter | None = None) -> None:
         self.engine = engine
         self.keyring = keyring
         self.google = google
+        # Without a listener thread running (``cache.run``) the cache never serves, and without a writer
+        # thread (``audit_writer.run``) issue records are written at once: both are safe by default.
+        self.cache = cache or TokenCache(None, FRESH_FOR)
+        self.audit = audit_writer or AuditWriter(engine)
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     # -- keys and ciphertexts -------------------------------------------------------------------------
@@ -156,13 +175,18 @@ class Vault:
         except KeyIntegrityError:
             raise IntegrityFailure() from None
 
-    def _open(self, key: bytes, row: object, which: str) -> str:
-        sealed = bytes(getattr(row, f"{which}_ct"))
-        aad = crypto.token_aad(row.user_id, str(row.grant_id), which, crypto.sealed_version(sealed))  # type: ignore[attr-defined]
+    def _open(self, key: bytes, row: object, which: str, scope_key: str = "", sealed: bytes | None = None) -> str:
+        """Open the grant's ``which`` token, or with ``scope_key`` the scoped token (``row.scoped_ct``)."""
+        if sealed is None:
+            sealed = getattr(row, "scoped_ct" if scope_key else f"{which}_ct")
+        sealed = bytes(sealed)  # type: ignore[arg-type]
+        aad = crypto.token_aad(row.user_id, str(row.grant_id), _field(which, scope_key),  # type: ignore[attr-defined]
+                               crypto.sealed_version(sealed))
         try:
             return crypto.open_sealed(key, sealed, aad).decode()
         except crypto.DecryptionFailed:
-            log.error("grant ciphertext failed to authenticate", extra={"user_id": row.user_id, "field": which})  # type: ignore[attr-defined]
+            log.error("grant ciphertext failed to authenticate", extra={"user_id": row.user_id, "field": which,  # type: ignore[attr-defined]
+                                                                         "scoped": bool(scope_key)})
             raise IntegrityFailure() from None
 
     @staticmethod
@@ -208,7 +232,7 @@ class Vault:
         expires_at = now + dt.timedelta(seconds=max(tokens.expires_in, 0))
         scopes = sorted(granted)
         with user_tx(self.engine, user_id, system=True) as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"vault.grant:{user_id}"})
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
             row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
             if row is not None:
                 same = (row.google_sub == info.sub) if (row.google_sub and info.sub) else (
@@ -255,6 +279,7 @@ class Vault:
             _audit(conn, user_id, caller, "grant_stored", "ok", detail)
             publish_in_tx(conn, SCHEMA, "gmail.connected", user_id, {"email": info.email})
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).one()
+        self.cache.invalidate(user_id)
         log.info("grant stored", extra={"user_id": user_id, "detail": detail})
         return _view(row)
 
@@ -280,39 +305,68 @@ class Vault:
         return _view(row) if row is not None else GrantView(connected=False)
 
     # -- access tokens --------------------------------------------------------------------------------
-    def get_access_token(self, user_id: str, caller: str) -> IssuedToken:
-        """The stored access token while it has more than 5 minutes left, else a refreshed one.
+    def get_access_token(self, user_id: str, caller: str, scopes: Iterable[str] = ()) -> IssuedToken:
+        """An access token for the whole grant, or for exactly ``scopes`` (a subset of it).
 
-        Concurrent requests for one user cause one refresh: threads of this process queue on a
-        striped lock, processes on the grant's row lock, and each re-checks freshness once it holds it.
+        Served from memory while it has more than 5 minutes left (see ``token_cache``), else the
+        stored one while it does, else a refreshed one. Concurrent requests for one (user, scope set)
+        cause one refresh: threads of this process queue on a striped lock, processes on the grant's
+        row lock, and each re-checks freshness once it holds it. Every hand-out is recorded.
         """
-        issued = self._issue_if_fresh(user_id, caller)
-        if issued is not None:
-            return issued
-        with self._locks[hash(user_id) % _LOCK_STRIPES]:
-            return self._refresh(user_id, caller)
+        wanted = requested_scopes(scopes)
+        cache_key = " ".join(wanted)
+        generation = self.cache.generation()
+        hit = self.cache.get(user_id, cache_key)
+        if hit is not None:
+            self.audit.issued(user_id, caller, _scope_detail(wanted))
+            return IssuedToken(hit.access_token, hit.expires_at, hit.email, hit.scopes)
+        issued = self._issue_if_fresh(user_id, caller, wanted)
+        if issued is None:
+            with self._locks[hash(user_id) % _LOCK_STRIPES]:
+                issued = self._refresh(user_id, caller, wanted)
+        else:
+            self.audit.issued(user_id, caller, _scope_detail(wanted))
+        self.cache.put(user_id, cache_key, CachedToken(issued.access_token, issued.expires_at, issued.email,
+                                                       issued.scopes), generation)
+        return issued
 
-    def _issue_if_fresh(self, user_id: str, caller: str) -> IssuedToken | None:
+    @staticmethod
+    def _scope_key(row: object, wanted: tuple[str, ...]) -> str:
+        """Where the token for ``wanted`` is stored: "" for the whole grant, else the scope set."""
+        granted = set(row.scopes)  # type: ignore[attr-defined]
+        missing = [s for s in wanted if s not in granted]
+        if missing:
+            raise Refused("scope_not_granted:" + ",".join(short_scope(s) for s in missing))
+        return "" if not wanted or set(wanted) == granted else " ".join(wanted)
+
+    def _issue_if_fresh(self, user_id: str, caller: str, wanted: tuple[str, ...]) -> IssuedToken | None:
         with user_tx(self.engine, user_id) as conn:
-            # One round trip reads the grant and, when its token is fresh, records the issue. A failure
-            # to open the ciphertext below rolls the record back. An issue record lost in a crash is
-            # acceptable; waiting for a disk flush per token request is not (synchronous_commit off).
-            row = conn.execute(_FAST_PATH, {"u": user_id, "caller": caller or "unknown",
-                                            "fresh_for": f"{int(FRESH_FOR.total_seconds())} seconds"}).first()
+            row = conn.execute(_READ_TOKEN, {"u": user_id, "k": " ".join(wanted)}).first()
             if row is None:
                 # Nothing is recorded for a user the vault holds nothing for (a deleted account stays gone).
                 outcome: VaultError = NotConnected()
             elif row.status != "connected":
                 _audit(conn, user_id, caller, "token_issued", "refused", "needs_reconnect")
                 outcome = NeedsReconnect()
-            elif not row.audited:
-                return None
             else:
-                token = self._open(self._data_key(conn, row), row, "access")
-                return IssuedToken(token, row.access_expires_at, row.email, tuple(row.scopes))
+                try:
+                    scope_key = self._scope_key(row, wanted)
+                except Refused as exc:
+                    _audit(conn, user_id, caller, "token_issued", "refused", exc.reason)
+                    outcome = exc
+                else:
+                    if scope_key:
+                        if row.scoped_ct is None or row.scoped_expires_at - FRESH_FOR <= _now():
+                            return None
+                        token = self._open(self._data_key(conn, row), row, "access", scope_key)
+                        return IssuedToken(token, row.scoped_expires_at, row.email, wanted)
+                    if row.access_ct is None or row.access_expires_at - FRESH_FOR <= _now():
+                        return None
+                    token = self._open(self._data_key(conn, row), row, "access")
+                    return IssuedToken(token, row.access_expires_at, row.email, tuple(row.scopes))
         raise outcome
 
-    def _refresh(self, user_id: str, caller: str) -> IssuedToken:
+    def _refresh(self, user_id: str, caller: str, wanted: tuple[str, ...]) -> IssuedToken:
         failure: VaultError | None = None
         with user_tx(self.engine, user_id, system=True) as conn:
             row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
@@ -320,8 +374,17 @@ class Vault:
                 raise NotConnected()
             if row.status != "connected":
                 raise NeedsReconnect()
+            scope_key = self._scope_key(row, wanted)
+            detail = _scope_detail(wanted) if scope_key else ""
             key = self._data_key(conn, row)
-            if row.access_ct is not None and row.access_expires_at - FRESH_FOR > _now():
+            if scope_key:
+                held = conn.execute(select(scoped_tokens).where(
+                    scoped_tokens.c.user_id == user_id, scoped_tokens.c.scope_key == scope_key)).first()
+                if held is not None and held.access_expires_at - FRESH_FOR > _now():
+                    _audit(conn, user_id, caller, "token_issued", "ok", detail)
+                    return IssuedToken(self._open(key, row, "access", scope_key, sealed=held.access_ct),
+                                       held.access_expires_at, row.email, wanted)
+            elif row.access_ct is not None and row.access_expires_at - FRESH_FOR > _now():
                 # Someone refreshed while we waited for the lock.
                 _audit(conn, user_id, caller, "token_issued", "ok")
                 return IssuedToken(self._open(key, row, "access"), row.access_expires_at, row.email,
@@ -331,33 +394,49 @@ class Vault:
             else:
                 refresh_token = self._open(key, row, "refresh")
                 try:
-                    tokens = self.google.refresh(refresh_token)
+                    tokens = self.google.refresh(refresh_token, wanted if scope_key else ())
+                    if scope_key and not set(tokens.scopes) <= set(wanted):
+                        # Never hand out more than was asked for: a metadata-only token must stay one.
+                        raise OAuthRefused("scope_mismatch")
                 except InvalidGrant:
                     failure = self._mark_needs_reconnect(conn, user_id, caller, "invalid_grant")
                 except (GoogleUnavailable, OAuthRefused) as exc:
-                    _audit(conn, user_id, caller, "token_refreshed", "failed",
-                           "google_unavailable" if isinstance(exc, GoogleUnavailable) else exc.error)
-                    failure = Unavailable()
+                    reason = "google_unavailable" if isinstance(exc, GoogleUnavailable) else exc.error
+                    _audit(conn, user_id, caller, "token_refreshed", "failed", f"{reason} {detail}".strip())
+                    failure = (Refused("scope_not_granted:" + ",".join(short_scope(s) for s in wanted))
+                               if reason == "invalid_scope" else Unavailable())
                 else:
                     now = _now()
                     expires_at = now + dt.timedelta(seconds=max(tokens.expires_in, 0))
                     grant_id = str(row.grant_id)
-                    values = {
-                        "access_ct": self._seal(key, user_id, grant_id, "access", tokens.access_token),
-                        "access_expires_at": expires_at,
-                        "refreshed_at": now,
-                        "updated_at": now,
-                    }
+                    sealed = self._seal(key, user_id, grant_id, _field("access", scope_key), tokens.access_token)
+                    values: dict[str, object] = {"refreshed_at": now, "updated_at": now}
+                    if scope_key:
+                        conn.execute(pg_insert(scoped_tokens).values(
+                            user_id=user_id, grant_id=grant_id, scope_key=scope_key, scopes=list(wanted),
+                            access_ct=sealed, access_expires_at=expires_at, refreshed_at=now,
+                        ).on_conflict_do_update(
+                            index_elements=["user_id", "scope_key"],
+                            set_={"grant_id": grant_id, "access_ct": sealed, "access_expires_at": expires_at,
+                                  "refreshed_at": now}))
+                    else:
+                        values.update(access_ct=sealed, access_expires_at=expires_at)
                     if tokens.refresh_token:
                         values["refresh_ct"] = self._seal(key, user_id, grant_id, "refresh", tokens.refresh_token)
-                    conn.execute(update(grants).where(grants.c.user_id == user_id).values(**values))
+                    if scope_key and not tokens.refresh_token:
+                        values = {}  # the grant row is unchanged: its other cached tokens stay valid
+                    if values:
+                        conn.execute(update(grants).where(grants.c.user_id == user_id).values(**values))
                     _audit(conn, user_id, caller, "token_refreshed", "ok",
-                           "new refresh token" if tokens.refresh_token else "")
-                    _audit(conn, user_id, caller, "token_issued", "ok")
-                    log.info("access token refreshed", extra={"user_id": user_id})
-                    return IssuedToken(tokens.access_token, expires_at, row.email, tuple(row.scopes))
+                           ", ".join(x for x in (detail, "new refresh token" if tokens.refresh_token else "") if x))
+                    _audit(conn, user_id, caller, "token_issued", "ok", detail)
+                    log.info("access token refreshed", extra={"user_id": user_id, "scoped": bool(scope_key)})
+                    return IssuedToken(tokens.access_token, expires_at, row.email,
+                                       wanted if scope_key else tuple(row.scopes))
         # Reached only with a failure whose record has been committed.
         assert failure is not None
+        if isinstance(failure, NeedsReconnect):
+            self.cache.invalidate(user_id)
         raise failure
 
     def _mark_needs_reconnect(self, conn: Connection, user_id: str, caller: str, why: str) -> VaultError:
@@ -385,6 +464,7 @@ class Vault:
             self._record_and_delete(conn, user_id, caller, str(row.grant_id), fresh, reason)
             if reason == "user_disconnected":
                 publish_in_tx(conn, SCHEMA, "gmail.disconnected", user_id, {"reason": "user_disconnected"})
+        self.cache.invalidate(user_id)
         return True
 
     def _revocable_token(self, conn: Connection, row: object) -> str | None:
@@ -413,6 +493,12 @@ class Vault:
         """
         user_id = event["user_id"]
         deletion_id = str(event.get("payload", {}).get("deletion_id", ""))
+        # Stop serving from memory here at once (other processes hear of it from the trigger), write out
+        # this process's queued issue records so the delete below takes them, and hold the user's lock
+        # until commit so that no audit flush can bring the trail back (see ``audit``).
+        self.cache.invalidate(user_id)
+        self.audit.flush()
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
         row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
         if row is not None:
             token = self._revocable_token(conn, row)
@@ -429,6 +515,7 @@ class Vault:
         for key_id in key_ids:
             self.keyring.cache.forget(str(key_id))
         forget_user(conn, SCHEMA, user_id)
+        conn.execute(delete(scoped_tokens).where(scoped_tokens.c.user_id == user_id))
         publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": "token-vault"})
         log.info("vault purged for deletion", extra={"user_id": user_id, "deletion_id": deletion_id})
 
@@ -448,6 +535,8 @@ class Vault:
 
     # -- export ---------------------------------------------------------------------------------------
     def export(self, user_id: str) -> Iterator[tuple[str, dict]]:
+        # This process's queued issue records first; other processes write theirs within ~100 ms.
+        self.audit.flush()
         with user_tx(self.engine, user_id) as conn:
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
             if row is None:

@@ -3,6 +3,10 @@
 Access tokens come from the token vault over gRPC: a service never holds a refresh token. The
 google-api-python-client is built from the discovery document that ships with it (offline), pointed
 at ``GMAIL_API_ENDPOINT``, and its credentials fetch a fresh token from the vault when needed.
+
+A caller may ask for a token holding only some of the grant's scopes. Gmail refuses content
+(``format=full|raw``) to any token that holds ``gmail.metadata``, so reading a draft's body needs a
+``gmail.compose``-only token, and a reader that must never see content asks for ``gmail.metadata`` only.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,9 +33,17 @@ from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 # Refresh a cached token this long before Google would refuse it.
 _EARLY = dt.timedelta(seconds=60)
 
+SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"
+SCOPE_METADATA = "https://www.googleapis.com/auth/gmail.metadata"
+SCOPE_SEND = "https://www.googleapis.com/auth/gmail.send"
+
 
 class NeedsReconnect(Exception):
     """The vault says the user's grant is gone or revoked: the user must reconnect Gmail."""
+
+
+class ScopeNotGranted(NeedsReconnect):
+    """The grant lacks a scope that was asked for: only a new consent can add it."""
 
 
 class VaultUnavailable(Exception):
@@ -46,27 +59,35 @@ class AccessToken:
 
 
 class VaultTokenSource:
-    """Short-lived access tokens from the vault, cached per user until shortly before expiry."""
+    """Short-lived access tokens from the vault, cached per (user, scope set) until shortly before expiry.
+
+    ``scopes=()`` asks for the whole grant; otherwise the token holds exactly those scopes.
+    """
 
     def __init__(self, stub: vault_pb2_grpc.TokenVaultStub, timeout_s: float = 15.0) -> None:
         self.stub = stub
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._cache: dict[str, AccessToken] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], AccessToken] = {}
 
-    def get(self, user_id: str, force: bool = False) -> AccessToken:
+    def get(self, user_id: str, force: bool = False, scopes: Iterable[str] = ()) -> AccessToken:
+        wanted = tuple(sorted(set(scopes)))
+        key = (user_id, wanted)
         now = dt.datetime.now(dt.UTC)
-        cached = self._cache.get(user_id)
+        cached = self._cache.get(key)
         if cached and not force and cached.expires_at - _EARLY > now:
             return cached
         try:
             reply = self.stub.GetAccessToken(
-                vault_pb2.GetAccessTokenRequest(), metadata=call_metadata(user_id), timeout=self.timeout_s
+                vault_pb2.GetAccessTokenRequest(scopes=list(wanted)), metadata=call_metadata(user_id),
+                timeout=self.timeout_s,
             )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                with self._lock:
-                    self._cache.pop(user_id, None)
+                self.forget(user_id)
+                details = exc.details() or ""
+                if details.startswith("scope_not_granted"):
+                    raise ScopeNotGranted(details) from None
                 raise NeedsReconnect(user_id) from None
             raise VaultUnavailable(exc.code().name) from None
         token = AccessToken(
@@ -76,33 +97,44 @@ class VaultTokenSource:
             tuple(reply.scopes),
         )
         with self._lock:
-            self._cache[user_id] = token
+            self._cache[key] = token
         return token
 
     def forget(self, user_id: str) -> None:
+        """Drop every cached token of the user, whatever its scopes."""
         with self._lock:
-            self._cache.pop(user_id, None)
+            for key in [k for k in self._cache if k[0] == user_id]:
+                del self._cache[key]
 
 
 @lru_cache(maxsize=1)
-def _discovery_document() -> dict[str, Any]:
+def discovery_document() -> dict[str, Any]:
+    """Gmail's discovery document as shipped with google-api-python-client (no network)."""
     path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "gmail.v1.json"
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-def gmail_client(endpoint: str, tokens: VaultTokenSource, user_id: str, timeout_s: float = 30.0) -> Any:
-    """A Gmail API client for one user. Not thread-safe: build one per thread or task."""
-    token = tokens.get(user_id)
+_discovery_document = discovery_document  # the earlier private name, still imported by some callers
 
-    def refresh(_request: Any, scopes: Any) -> tuple[str, dt.datetime]:
-        fresh = tokens.get(user_id, force=True)
+
+def gmail_client(endpoint: str, tokens: VaultTokenSource, user_id: str, timeout_s: float = 30.0,
+                 scopes: Iterable[str] = ()) -> Any:
+    """A Gmail API client for one user, its tokens holding ``scopes`` only (default: the whole grant).
+
+    Not thread-safe: build one per thread or task.
+    """
+    wanted = tuple(scopes)
+    token = tokens.get(user_id, scopes=wanted)
+
+    def refresh(_request: Any, _scopes: Any) -> tuple[str, dt.datetime]:
+        fresh = tokens.get(user_id, force=True, scopes=wanted)
         return fresh.token, fresh.expires_at.replace(tzinfo=None)
 
     credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
                               refresh_handler=refresh)
     http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout_s))
     return build_from_document(
-        _discovery_document(),
+        discovery_document(),
         http=http,
         client_options={"api_endpoint": endpoint},
     )
