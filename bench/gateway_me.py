@@ -145,20 +145,10 @@ def _mint(config: StackConfig, user_id: str, lifetime_s: int) -> str:
 
 
 def _cleanup_broker(url: str, prefix: str) -> None:
-    from kombu import Connection
+    from coffeeping.common.messaging import delete_topology
 
-    with contextlib.suppress(Exception), Connection(url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        names = [f"{prefix}.{svc}{suffix}" for svc in ("accounts", "token-vault", "mailer", "reply-watcher")
-                 for suffix in ("", ".dead")]
-        for queue in names:
-            with contextlib.suppress(Exception):
-                channel.queue_delete(queue)
-                channel = conn.channel()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            with contextlib.suppress(Exception):
-                channel.exchange_delete(exchange)
-                channel = conn.channel()
+    with contextlib.suppress(Exception):
+        delete_topology(url, prefix)
 
 
 def main() -> int:

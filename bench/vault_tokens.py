@@ -195,18 +195,9 @@ def main() -> int:
         with contextlib.suppress(Exception), psycopg.connect(args.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         with contextlib.suppress(Exception):
-            from kombu import Connection
+            from coffeeping.common.messaging import delete_topology
 
-            with Connection(args.amqp_url, connect_timeout=5) as conn:
-                ch = conn.channel()
-                for queue in (f"{h.prefix}.token-vault", f"{h.prefix}.token-vault.dead"):
-                    with contextlib.suppress(Exception):
-                        ch.queue_delete(queue)
-                        ch = conn.channel()
-                for exchange in (f"{h.prefix}.events", f"{h.prefix}.dlx"):
-                    with contextlib.suppress(Exception):
-                        ch.exchange_delete(exchange)
-                        ch = conn.channel()
+            delete_topology(args.amqp_url, h.prefix)
     return 0
 
 

@@ -116,19 +116,10 @@ def isolated_database(pg_admin_url: str) -> Iterator[Database]:
 
 def _delete_messaging(amqp_url: str, prefix: str) -> None:
     """Leave nothing behind on the shared broker."""
-    from kombu import Connection
+    from coffeeping.common.messaging import delete_topology
 
-    with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        for service in ("accounts", "token-vault", "mailer", "reply-watcher"):
-            for queue in (f"{prefix}.{service}", f"{prefix}.{service}.dead"):
-                with contextlib.suppress(Exception):
-                    channel.queue_delete(queue)
-                    channel = conn.channel()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            with contextlib.suppress(Exception):
-                channel.exchange_delete(exchange)
-                channel = conn.channel()
+    with contextlib.suppress(Exception):
+        delete_topology(amqp_url, prefix)
 
 
 @pytest.fixture(scope="session")

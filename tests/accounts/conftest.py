@@ -20,7 +20,7 @@ import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from coffeeping.common.db import make_engine
-from coffeeping.common.messaging import Consumer, OutboxRelay, make_envelope
+from coffeeping.common.messaging import Consumer, OutboxRelay, delete_topology, make_envelope
 from coffeeping_accounts import deletions
 
 OTHERS = "cpacctest-others"  # the queue suffix the test listens on as "the other services"
@@ -91,16 +91,8 @@ def broker(amqp_url: str) -> Iterator[Broker]:
         for key in (deletions.DELETION_REQUESTED, deletions.REVOKE_REQUESTED):
             channel.queue_bind(f"{prefix}.{OTHERS}", f"{prefix}.events", routing_key=key)
     yield Broker(amqp_url, prefix)
-    with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        for queue in (f"{prefix}.{OTHERS}", f"{prefix}.accounts", f"{prefix}.accounts.dead"):
-            with contextlib.suppress(Exception):
-                channel.queue_delete(queue)
-                channel = conn.channel()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            with contextlib.suppress(Exception):
-                channel.exchange_delete(exchange)
-                channel = conn.channel()
+    with contextlib.suppress(Exception):
+        delete_topology(amqp_url, prefix, extra_queues=[f"{prefix}.{OTHERS}"])
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from bootstrap_db import bootstrap, role_url
 from vault_support import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, VaultDb, VaultHarness
 
+from coffeeping.common.messaging import delete_topology
 from coffeeping_sandbox.server import Sandbox, start_sandbox
 
 
@@ -42,18 +43,8 @@ def google() -> Iterator[Sandbox]:
 def vault_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"cpvaulttest{uuid.uuid4().hex[:8]}"
     yield prefix
-    from kombu import Connection
-
-    with contextlib.suppress(Exception), Connection(amqp_url, connect_timeout=5) as conn:
-        channel_ = conn.channel()
-        for queue in (f"{prefix}.token-vault", f"{prefix}.token-vault.dead", f"{prefix}.probe"):
-            with contextlib.suppress(Exception):
-                channel_.queue_delete(queue)
-                channel_ = conn.channel()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            with contextlib.suppress(Exception):
-                channel_.exchange_delete(exchange)
-                channel_ = conn.channel()
+    with contextlib.suppress(Exception):
+        delete_topology(amqp_url, prefix, extra_queues=[f"{prefix}.probe"])
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from .outbox import (
     pending_count,
     publish_in_tx,
 )
-from .topology import DEFAULT_DELIVERY_LIMIT, declare_events_exchange, declare_topology
+from .topology import DEFAULT_DELIVERY_LIMIT, declare_events_exchange, declare_topology, delete_topology
 
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
@@ -30,6 +30,7 @@ __all__ = [
     "OutboxRelay",
     "declare_events_exchange",
     "declare_topology",
+    "delete_topology",
     "forget_user",
     "make_envelope",
     "outbox_ddl",

@@ -76,3 +76,29 @@ def declare_topology(
     )
     for key in keys:
         channel.queue_bind(queue, events, routing_key=key)
+
+
+SERVICES = ("accounts", "token-vault", "mailer", "reply-watcher")
+
+
+def delete_topology(amqp_url: str, prefix: str, extra_queues: Iterable[str] = ()) -> None:
+    """Remove every queue and exchange under ``prefix`` that CoffeePing declares (and ``extra_queues``).
+
+    For tests and benchmarks that used a prefix of their own on a shared broker. Missing names are
+    fine: each delete runs on a fresh channel, since a failed delete closes the channel it ran on.
+    """
+    from kombu import Connection
+
+    queues = [name for service in SERVICES for name in (service_queue(prefix, service), dead_queue(prefix, service))]
+    queues += list(extra_queues)
+    with Connection(amqp_url, connect_timeout=5) as conn:
+        for queue in queues:
+            try:
+                conn.channel().queue_delete(queue)
+            except Exception:  # noqa: S112 - absent already, or never declared
+                continue
+        for exchange in (events_exchange(prefix), dlx_exchange(prefix)):
+            try:
+                conn.channel().exchange_delete(exchange)
+            except Exception:  # noqa: S112
+                continue
