@@ -100,6 +100,8 @@ def test_a_sequence_sends_threads_its_drafts_and_honours_edits_and_deletions(sta
     assert done, session.get(f"/v1/sequences/{seq['id']}").text
     follow, deleted = done["steps"][1], done["steps"][2]
     assert follow["status"] == "sent" and follow["edited_in_gmail"] is True
+    # The stored body is what went out (read from the draft with a compose-only token).
+    assert follow["sent_body"].replace("\r\n", "\n").strip() == "Edited in Gmail."
     assert follow["thread_id"] == first["thread_id"]
     # On time: due five seconds after the first email, and not sent before it was due.
     assert _time(follow["due_at"]) - _time(first["sent_at"]) == dt.timedelta(seconds=5)

@@ -79,32 +79,41 @@ class Vault(vault_pb2_grpc.TokenVaultServicer):
         with self._lock:
             self.emails[user_id] = email
             self.disconnected.discard(user_id)
-            self._tokens.pop(user_id, None)
+            self._forget(user_id)
 
     def disconnect(self, user_id: str) -> None:
         with self._lock:
             self.disconnected.add(user_id)
-            self._tokens.pop(user_id, None)
+            self._forget(user_id)
+
+    def _forget(self, user_id: str) -> None:
+        for key in [k for k in self._tokens if k.split("|", 1)[0] == user_id]:
+            del self._tokens[key]
 
     def GetAccessToken(self, request: Any, context: grpc.ServicerContext) -> Any:
         names = context.auth_context().get("x509_common_name") or [b""]
         if names[0].decode() not in ("mailer", "reply-watcher"):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
         user = dict(context.invocation_metadata()).get("x-user-id", "")
+        # A request may name the scopes the token must carry (and only those), as the vault's contract says.
+        wanted = sorted({s.rsplit("/", 1)[-1] for s in getattr(request, "scopes", [])}) or SCOPES
+        if not set(wanted) <= set(SCOPES):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "scope_not_granted:" + ",".join(wanted))
         with self._lock:
             self.calls += 1
             if user in self.disconnected or user not in self.emails:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs reconnect")
             email = self.emails[user]
-            cached = self._tokens.get(user)
+            key = f"{user}|{','.join(wanted)}"
+            cached = self._tokens.get(key)
             if cached is None or cached[1] < time.time() + 120:
-                issued = self.sandbox.oauth.issue_tokens(email=email, scopes=SCOPES, offline=False)
+                issued = self.sandbox.oauth.issue_tokens(email=email, scopes=wanted, offline=False)
                 cached = (issued["access_token"], time.time() + int(issued["expires_in"]))
-                self._tokens[user] = cached
+                self._tokens[key] = cached
         expires = Timestamp()
         expires.FromDatetime(dt.datetime.fromtimestamp(cached[1], dt.UTC).replace(tzinfo=None))
         return vault_pb2.AccessToken(access_token=cached[0], expires_at=expires, email=email,
-                                     scopes=[f"https://www.googleapis.com/auth/{s}" for s in SCOPES])
+                                     scopes=[f"https://www.googleapis.com/auth/{s}" for s in wanted])
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ Runs the gRPC API and three workers: the outbox relay, the event consumer and th
 
 from __future__ import annotations
 
+from sqlalchemy import create_engine
+
 from coffeeping.common.config import load_or_exit
-from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
 from coffeeping.common.logging import configure_logging
 from coffeeping.common.messaging import Consumer, OutboxRelay
@@ -22,20 +23,27 @@ from coffeeping_mailer.models import SCHEMA
 from coffeeping_mailer.scheduler import Scheduler
 from coffeeping_mailer.servicer import POLICY, MailerServicer
 
+CLAIMERS = 3
+
 
 def main() -> None:
     settings = load_or_exit(Settings)
     configure_logging(SERVICE, settings.log_level)
     tls = settings.for_service(SERVICE)
-    # Each sender holds two connections at most (its claimed job, and the step's own transactions);
-    # the pool may grow to twice its size, which covers them, the API, the relay and the consumer.
-    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, settings.scheduler_workers + 3),
-                         application_name=SERVICE)
+    # The scheduler's claimers hold one long transaction each (their batch's row locks); senders only
+    # take a connection for their short transactions, between Gmail calls. A fixed pool (no overflow:
+    # under load, overflow connections were opened and closed for every transaction) covers them, the
+    # API, the relay and the consumer; with the relay's LISTEN connection, 11 connections by default.
+    # No pre-ping (a round trip before every transaction, a sixth of a send's statements): after a
+    # database restart the first error invalidates the whole pool, and every caller retries.
+    engine = create_engine(settings.database_url, pool_size=max(settings.db_pool_size, CLAIMERS + 7),
+                           max_overflow=0, pool_pre_ping=False,
+                           connect_args={"application_name": SERVICE, "connect_timeout": 5})
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
     gmail = Gmail(settings.gmail_api_endpoint, tokens)
     scheduler = Scheduler(engine, gmail, interval_s=settings.scheduler_interval_s,
                           workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
-                          max_attempts=settings.max_attempts)
+                          max_attempts=settings.max_attempts, claimers=CLAIMERS)
     relay = OutboxRelay(engine, SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
     consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, SERVICE, ROUTING_KEYS, engine, SCHEMA,
                         Handlers(gmail))

@@ -12,8 +12,9 @@ class Settings(ServiceSettings):
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # How often the scheduler looks for due steps when it found none the last time.
     scheduler_interval_s: float = setting("MAILER_SCHEDULER_INTERVAL_S", number(0.05), default=5.0)
-    # Parallel senders per process: each holds one claimed job (and its row lock) at a time.
-    scheduler_workers: int = setting("MAILER_SCHEDULER_WORKERS", integer(1, 128), default=8)
+    # Parallel senders per process (threads overlapping their Gmail calls); they share a few database
+    # connections, so this may well exceed the pool.
+    scheduler_workers: int = setting("MAILER_SCHEDULER_WORKERS", integer(1, 128), default=16)
     # Sends per user per rolling 24 hours; the rest waits for the next window.
     daily_cap: int = setting("MAILER_DAILY_CAP", integer(1, 100_000), default=400)
     # Attempts of one step against Gmail 429/5xx before it is marked failed.

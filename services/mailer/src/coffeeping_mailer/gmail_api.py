@@ -22,7 +22,17 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
-from coffeeping.common.gmail import NeedsReconnect, VaultTokenSource, VaultUnavailable, _discovery_document
+from coffeeping.common.gmail import (
+    SCOPE_COMPOSE,
+    NeedsReconnect,
+    VaultTokenSource,
+    VaultUnavailable,
+    discovery_document,
+)
+
+# Gmail refuses message content to any token holding gmail.metadata, so a draft's body is read with a
+# token holding gmail.compose only (which reads drafts, never received mail).
+_CONTENT_SCOPES = (SCOPE_COMPOSE,)
 
 
 class GmailError(Exception):
@@ -84,12 +94,50 @@ def _run(request: Any, http: Any) -> Any:
         raise Transient(f"network: {type(exc).__name__}") from None
 
 
+def _plain_text(raw: str) -> str | None:
+    """The text/plain body of a base64url RFC 822 message (the first such part), or None."""
+    import base64
+    import email
+    import email.policy
+
+    try:
+        parsed = email.message_from_bytes(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)),
+                                          policy=email.policy.default)
+        part = parsed.get_body(preferencelist=("plain",))
+        return str(part.get_content()) if part is not None else None  # type: ignore[attr-defined]
+    except (ValueError, LookupError, UnicodeError):
+        return None
+
+
 @dataclass(frozen=True)
 class ThreadMessage:
     id: str
     label_ids: tuple[str, ...]
     internal_date_ms: int
     sender: str  # the From header's address, lower-cased ("" when absent)
+
+
+class _Resources:
+    """A ``users`` resource whose sub-resources (``drafts()``, ``threads()``, ...) are built once: the
+    client builds every method of a resource anew on each ``users.drafts()``, which cost more CPU than
+    the rest of a send. Per thread, like the resource itself."""
+
+    def __init__(self, users: Any) -> None:
+        self._users = users
+        self._built: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._users, name)
+        if name not in ("drafts", "messages", "threads", "history"):
+            return attr
+
+        def sub() -> Any:
+            built = self._built.get(name)
+            if built is None:
+                built = self._built[name] = attr()
+            return built
+
+        return sub
 
 
 class Gmail:
@@ -105,44 +153,57 @@ class Gmail:
         service = getattr(self._local, "service", None)
         if service is None:
             service = self._local.service = build_from_document(
-                _discovery_document(), http=httplib2.Http(timeout=30), client_options={"api_endpoint": self.endpoint})
+                discovery_document(), http=httplib2.Http(timeout=30), client_options={"api_endpoint": self.endpoint})
         return service
 
-    def _http(self, user_id: str) -> Any:
-        cache: OrderedDict[str, Any] | None = getattr(self._local, "https", None)
+    def _transport(self) -> httplib2.Http:
+        """The thread's one HTTP connection pool, shared by every user's authorised wrapper: a thread
+        keeps one keep-alive connection to Gmail whatever the number of users it sends for."""
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._local.transport = httplib2.Http(timeout=30)
+        return transport
+
+    def _http(self, user_id: str, scopes: tuple[str, ...] = ()) -> Any:
+        cache: OrderedDict[tuple[str, tuple[str, ...]], Any] | None = getattr(self._local, "https", None)
         if cache is None:
             cache = self._local.https = OrderedDict()
-        http = cache.get(user_id)
+        key = (user_id, scopes)
+        http = cache.get(key)
         if http is not None:
-            cache.move_to_end(user_id)
+            cache.move_to_end(key)
             return http
         try:
-            token = self.tokens.get(user_id)
+            token = self.tokens.get(user_id, scopes=scopes)
         except NeedsReconnect:
             raise Disconnected("vault: needs reconnect") from None
         except VaultUnavailable as exc:
             raise Transient(f"vault unavailable ({exc})") from None
 
         def refresh(_request: Any, scopes: Any) -> tuple[str, Any]:
-            fresh = self.tokens.get(user_id, force=True)
+            fresh = self.tokens.get(user_id, force=True, scopes=scopes)
             return fresh.token, fresh.expires_at.replace(tzinfo=None)
 
         credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
                                   refresh_handler=refresh)
-        http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=30))
-        cache[user_id] = http
+        http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport())
+        cache[key] = http
         if len(cache) > self.cache_size:
             cache.popitem(last=False)
         return http
 
     def _client(self, user_id: str) -> tuple[Any, Any]:
         """The thread's ``users`` resource and the user's authorised HTTP object to run its requests on."""
-        return self._service().users(), self._http(user_id)
+        users = getattr(self._local, "users", None)
+        if users is None:
+            users = self._local.users = _Resources(self._service().users())
+        return users, self._http(user_id)
 
     def forget(self, user_id: str) -> None:
         cache = getattr(self._local, "https", None)
         if cache is not None:
-            cache.pop(user_id, None)
+            for key in [k for k in cache if k[0] == user_id]:
+                del cache[key]
         self.tokens.forget(user_id)
 
     def user_email(self, user_id: str) -> str:
@@ -181,6 +242,16 @@ class Gmail:
         users, http = self._client(user_id)
         reply = _run(users.drafts().get(userId="me", id=draft_id, format="minimal"), http)
         return str(reply["message"]["id"])
+
+    def draft_content(self, user_id: str, draft_id: str) -> tuple[str, str | None]:
+        """The draft's current message id and its plain-text body (None when it has no text part).
+
+        Read with a compose-only token: the user's own draft, as it will be sent.
+        """
+        users, http = self._service().users(), self._http(user_id, _CONTENT_SCOPES)
+        reply = _run(users.drafts().get(userId="me", id=draft_id, format="raw"), http)
+        message = reply["message"]
+        return str(message["id"]), _plain_text(str(message.get("raw", "")))
 
     def send_draft(self, user_id: str, draft_id: str) -> dict[str, Any]:
         users, http = self._client(user_id)

@@ -4,8 +4,9 @@
 - ``sequences``: a first email and its follow-ups to one contact, with its status and stop reason.
 - ``steps``: each email of a sequence (position 0 is the first), the body as stored and as sent, its
   Gmail draft, message and thread ids and its delivery state.
-- ``jobs``: the next due step of each running sequence; scanned across users by the scheduler, which
-  claims rows with ``FOR UPDATE SKIP LOCKED`` and holds the lock while it works on the step.
+- ``jobs``: the next due step of each running sequence; scanned across users by the scheduler, whose
+  claimers take batches of rows with ``FOR UPDATE SKIP LOCKED`` and hold the locks while the steps are
+  worked on.
 - ``draft_deletions``: mirrored drafts still to remove from Gmail after a stop or a deletion.
 
 Deleting a contact cascades to its sequences, steps and jobs.

@@ -2,9 +2,13 @@
 
 Exactly once, with any number of processes and a crash at any moment:
 
-- A worker claims one due job with ``SELECT ... FOR UPDATE SKIP LOCKED`` and keeps that transaction
-  (and the row lock) open while it works on the step; if the process dies the lock goes with its
-  connection and the job is due again for whoever comes next. Two workers never hold the same job.
+- A claimer takes a batch of due jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` and keeps that
+  transaction (and the row locks) open while the sender threads work on the batch's steps, each step
+  in its own short transactions; then it deletes or reschedules the batch's jobs and commits. If the
+  process dies the locks go with the claimer's connection and the jobs are due again for whoever
+  comes next. Two workers never hold the same job. A process holds one long transaction per claimer
+  (two by default), not one per sender, so many senders can overlap their Gmail calls on a few
+  database connections.
 - Progress is committed before each irreversible call. The first email records its RFC Message-ID
   and the mailbox's history id before ``messages.send``; a retry first looks in the history for a
   sent message with that Message-ID. A follow-up is sent with ``drafts.send``: a second send of the
@@ -18,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +47,29 @@ class Retry:
 
 class Scheduler:
     def __init__(self, engine: Engine, gmail: Gmail, *, interval_s: float = 5.0, workers: int = 8,
-                 daily_cap: int = 400, max_attempts: int = 8) -> None:
+                 daily_cap: int = 400, max_attempts: int = 8, claimers: int = 3, batch: int | None = None) -> None:
         self.engine = engine
         self.gmail = gmail
         self.interval_s = interval_s
         self.workers = workers
         self.daily_cap = daily_cap
         self.max_attempts = max_attempts
+        self.claimers = max(1, claimers)
+        # Batches of half the senders, three claimers: enough claimed jobs to keep every sender busy while
+        # a batch waits for its slowest step.
+        self.batch = batch or max(1, -(-workers // 2))
 
     # ------------------------------------------------------------------------------------------ loops
     def run(self, stop: threading.Event) -> None:
-        threads = [threading.Thread(target=self._loop, args=(stop, self.run_once), name=f"sender-{i}", daemon=True)
-                   for i in range(self.workers)]
-        threads.append(threading.Thread(target=self._loop, args=(stop, self.delete_drafts_once),
-                                        name="draft-cleaner", daemon=True))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sender") as senders:
+            threads = [threading.Thread(target=self._loop, args=(stop, lambda: self.run_batch(senders)),
+                                        name=f"claimer-{i}", daemon=True) for i in range(self.claimers)]
+            threads.append(threading.Thread(target=self._loop, args=(stop, self.delete_drafts_once),
+                                            name="draft-cleaner", daemon=True))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
 
     def _loop(self, stop: threading.Event, once: Any) -> None:
         failures = 0
@@ -75,36 +85,59 @@ class Scheduler:
             if not worked:
                 stop.wait(self.interval_s)
 
-    def run_once(self) -> bool:
-        """Claim one due job and work on it; False when nothing is due."""
-        with system_tx(self.engine) as jobs:
-            job = jobs.execute(
+    def run_batch(self, senders: Executor) -> bool:
+        """Claim a batch of due jobs and work on them in the sender threads; True when the batch was full
+        (more may be due at once)."""
+        def work(jobs: list[Any]) -> list[Retry | None]:
+            return [f.result() for f in [senders.submit(self._work, job) for job in jobs]]
+
+        return self._claim_and_work(self.batch, work) >= self.batch
+
+    def _claim_and_work(self, limit: int, work: Any) -> int:
+        with system_tx(self.engine) as conn:
+            jobs = conn.execute(
                 text(f"SELECT step_id, sequence_id, user_id, due_at FROM {SCHEMA}.jobs WHERE due_at <= now() "
-                     "ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED")
-            ).first()
-            if job is None:
-                return False
-            try:
-                outcome = self.process(job)
-            except Exception as exc:  # noqa: BLE001 - a bug or a database error must not spin on one job
-                log.error("step processing failed", extra={"step_id": str(job.step_id), "error": type(exc).__name__})
-                outcome = Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=30))
-            if isinstance(outcome, Retry):
-                jobs.execute(text(f"UPDATE {SCHEMA}.jobs SET due_at = :d WHERE step_id = :s"),
-                             {"d": outcome.due, "s": job.step_id})
-            else:
-                jobs.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id = :s"), {"s": job.step_id})
-        return True
+                     "ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit}
+            ).all()
+            if not jobs:
+                return 0
+            outcomes = work(jobs)
+            done = [job.step_id for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
+            later = [(job.step_id, outcome.due) for job, outcome in zip(jobs, outcomes, strict=True)
+                     if isinstance(outcome, Retry)]
+            if done:
+                conn.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id = ANY(:s)"), {"s": done})
+            for step_id, due in later:
+                conn.execute(text(f"UPDATE {SCHEMA}.jobs SET due_at = :d WHERE step_id = :s"),
+                             {"d": due, "s": step_id})
+        return len(jobs)
+
+    def _work(self, job: Any) -> Retry | None:
+        try:
+            return self.process(job)
+        except Exception as exc:  # noqa: BLE001 - a bug or a database error must not spin on one job
+            log.error("step processing failed", extra={"step_id": str(job.step_id), "error": type(exc).__name__})
+            return Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=30))
 
     # ------------------------------------------------------------------------------------------ a step
-    def _load(self, conn: Connection, step_id: Any) -> Any:
+    def _load(self, conn: Connection, step_id: Any, for_send: bool = False) -> Any:
+        """The step with its sequence; ``for_send`` adds, in the same query, the user's sends of the last
+        24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
+        columns, joins = "", ""
+        if for_send:
+            columns = (", d.sent_today, d.oldest_today, "
+                       f"ARRAY(SELECT k.gmail_message_id FROM {SCHEMA}.steps k WHERE k.sequence_id = s.id "
+                       "AND k.gmail_message_id IS NOT NULL) AS known")
+            joins = (f" CROSS JOIN (SELECT count(*) AS sent_today, min(sent_at) AS oldest_today FROM {SCHEMA}.steps "
+                     "WHERE sent_at > now() - interval '24 hours') AS d")
         return conn.execute(
             text(
                 "SELECT st.id, st.position, st.body, st.delay, st.send_at, st.status, st.rfc_message_id, st.draft_id, "
                 "st.draft_message_id, st.sending_since, st.attempts, st.due_at, "
                 "s.id AS sequence_id, s.contact_id, s.subject, s.status AS seq_status, s.to_email, s.to_name, "
-                "s.thread_id, s.history_id, s.started_at, s.business_days, s.window_start, s.window_end, s.time_zone "
-                f"FROM {SCHEMA}.steps st JOIN {SCHEMA}.sequences s ON s.id = st.sequence_id WHERE st.id = :id"
+                "s.thread_id, s.history_id, s.started_at, s.business_days, s.window_start, s.window_end, s.time_zone"
+                f"{columns} FROM {SCHEMA}.steps st JOIN {SCHEMA}.sequences s ON s.id = st.sequence_id{joins} "
+                "WHERE st.id = :id"
             ),
             {"id": step_id},
         ).first()
@@ -113,7 +146,7 @@ class Scheduler:
         user = job.user_id
         now = dt.datetime.now(UTC)
         with user_tx(self.engine, user) as conn:
-            step = self._load(conn, job.step_id)
+            step = self._load(conn, job.step_id, for_send=True)
             if step is None or step.seq_status not in ("scheduled", "active"):
                 return None
             if step.status not in ("scheduled", "sending"):
@@ -123,18 +156,12 @@ class Scheduler:
                 allowed = schedule.fit_window(now, rules)
                 if allowed > now + dt.timedelta(seconds=1):
                     return Retry(allowed)
-            sent = conn.execute(
-                text(f"SELECT count(*) AS n, min(sent_at) AS oldest FROM {SCHEMA}.steps "
-                     "WHERE sent_at > now() - interval '24 hours'")
-            ).one()
-            if sent.n >= self.daily_cap:
-                later = sent.oldest + dt.timedelta(hours=24, seconds=1)
+            if step.sent_today >= self.daily_cap:
+                later = step.oldest_today + dt.timedelta(hours=24, seconds=1)
                 conn.execute(text(f"UPDATE {SCHEMA}.steps SET last_error = 'daily cap reached; deferred' "
                                   "WHERE id = :id"), {"id": step.id})
                 return Retry(schedule.fit_window(later, rules) if step.position > 0 else later)
-            known = {r.gmail_message_id for r in conn.execute(
-                text(f"SELECT gmail_message_id FROM {SCHEMA}.steps WHERE sequence_id = :s "
-                     "AND gmail_message_id IS NOT NULL"), {"s": step.sequence_id})}
+            known = set(step.known or ())
         try:
             if step.position == 0:
                 self._send_first(user, step)
@@ -272,6 +299,9 @@ class Scheduler:
                 due = max(row.send_at, previous)
             conn.execute(text(f"UPDATE {SCHEMA}.steps SET due_at = :d WHERE id = :id"), {"d": due, "id": row.id})
             if index == 0:
+                # The next job's row could be one a claimer of this process holds (only if a sequence ever
+                # had two jobs): never wait on it for long; the step is retried and finds its send recorded.
+                conn.execute(text("SET LOCAL lock_timeout = '10s'"))
                 services._insert_job(conn, user, str(step.sequence_id), str(row.id), due)
                 if not chain:
                     return
@@ -334,7 +364,7 @@ class Scheduler:
                     services.stop_sequence(conn, user, str(step.sequence_id), reason, when)
                 return
         draft_id = step.draft_id
-        edited = False
+        edited, edited_body = False, None
         if not draft_id:
             made = self._make_draft(user, step.id, user_email)
             if made is None:
@@ -343,19 +373,22 @@ class Scheduler:
         elif step.draft_message_id not in {m.id for m in thread if "DRAFT" in m.label_ids}:
             # The draft's message is not in the thread as we made it: edited in Gmail, or deleted.
             try:
-                current = self.gmail.draft_message_id(user, draft_id)
+                current, edited_body = self.gmail.draft_content(user, draft_id)
             except NotFound:
                 if not self._adopt_sent(user, step, thread, known):
                     self._draft_deleted(user, step)
                 return
             edited = current != step.draft_message_id
+            edited_body = edited_body if edited else None
+        # An edited draft's body is stored with the mark, so that a send adopted after a crash still
+        # records what went out.
         with user_tx(self.engine, user) as conn:
             marked = conn.execute(
                 text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = COALESCE(sending_since, now()), "
-                     "edited_in_gmail = :e WHERE id = :id AND status IN ('scheduled', 'sending') "
+                     "edited_in_gmail = :e, sent_body = :b WHERE id = :id AND status IN ('scheduled', 'sending') "
                      f"AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
                      "AND s.status IN ('scheduled', 'active')) RETURNING sending_since"),
-                {"e": edited, "id": step.id},
+                {"e": edited, "b": edited_body, "id": step.id},
             ).first()
         if marked is None:
             return
@@ -401,7 +434,7 @@ class Scheduler:
             done = conn.execute(
                 text(f"UPDATE {SCHEMA}.steps SET status = 'sent', sent_at = now(), gmail_message_id = :m, "
                      "thread_id = :t, last_error = NULL, "
-                     "sent_body = CASE WHEN COALESCE(:e, edited_in_gmail) THEN NULL ELSE body END "
+                     "sent_body = CASE WHEN COALESCE(:e, edited_in_gmail) THEN sent_body ELSE body END "
                      "WHERE id = :id AND status <> 'sent' RETURNING sent_at"),
                 {"m": message_id, "t": step.thread_id, "e": edited, "id": step.id},
             ).first()
