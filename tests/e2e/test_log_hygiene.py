@@ -50,7 +50,10 @@ def test_service_logs_are_json_lines_free_of_secrets_and_content(stack):
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
-            entry = json.loads(line)  # one JSON object per line, nothing else
+            try:
+                entry = json.loads(line)  # one JSON object per line, nothing else
+            except json.JSONDecodeError:
+                raise AssertionError(f"not a JSON line: {path.name}:{number}: {line[:200]}") from None
             assert {"ts", "level", "service", "msg"} <= entry.keys(), (path.name, number)
             lowered = line.lower()
             assert "authorization" not in lowered or "bearer" not in lowered, (path.name, number)

@@ -105,13 +105,20 @@ def test_every_table_holding_user_data_forces_rls_with_using_and_with_check(data
         for schema, table, enabled, forced in tables:
             assert enabled and forced, f"{schema}.{table} does not force row-level security"
             policies = conn.execute(
-                "SELECT qual, with_check FROM pg_policies WHERE schemaname = %s AND tablename = %s",
+                "SELECT policyname, cmd, qual, with_check FROM pg_policies WHERE schemaname = %s AND tablename = %s",
                 (schema, table),
             ).fetchall()
             assert policies, f"{schema}.{table} has no policy"
-            for qual, with_check in policies:
-                assert qual and "app.user_id" in qual, f"{schema}.{table} USING does not check the user"
-                assert with_check and "app.user_id" in with_check, f"{schema}.{table} lacks WITH CHECK"
+            # One policy binds every command to the user, in both directions.
+            assert any(cmd == "ALL" and qual and "app.user_id" in qual and with_check and "app.user_id" in with_check
+                       for _, cmd, qual, with_check in policies), f"{schema}.{table} lacks a user policy"
+            # Any other policy opens rows to the user or to the system scope only, never to everyone.
+            for name, cmd, qual, with_check in policies:
+                for clause in (qual, with_check):
+                    if clause is not None:
+                        assert "app.user_id" in clause or "app.scope" in clause, f"{schema}.{table}.{name}"
+                if cmd in ("ALL", "UPDATE"):
+                    assert qual and with_check, f"{schema}.{table}.{name} lacks USING or WITH CHECK"
 
 
 def test_user_tables_without_a_user_id_column_are_listed_and_justified(database):

@@ -128,14 +128,13 @@ class TokenCache:
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                                      application_name="token-vault-cache") as conn:
-                    # The handler sees every notification, also those that arrive during the ping.
-                    conn.add_notify_handler(lambda notice: self.invalidate(notice.payload))
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._set_live(True)
                     backoff = 0.5
                     while not stop.is_set():
-                        for _notice in conn.notifies(timeout=0.5):
-                            pass
+                        # psycopg keeps notifications that arrive during the ping for the next call.
+                        for notice in conn.notifies(timeout=0.5):
+                            self.invalidate(notice.payload)
                         conn.execute("SELECT 1")  # notices a dead connection within the timeout
             except Exception as exc:  # noqa: BLE001 - any failure means "not listening": stop serving from memory
                 if stop.is_set():

@@ -90,6 +90,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings become log records too, so every line a service writes is one JSON object.
+    logging.captureWarnings(True)
     # Client libraries log request URLs and bodies at DEBUG; keep them quiet.
     for noisy in ("googleapiclient", "google", "urllib3", "kombu", "amqp", "grpc", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
