@@ -23,6 +23,7 @@ from coffeeping.common.messaging import (
     Consumer,
     OutboxRelay,
     declare_topology,
+    forget_user,
     outbox_ddl,
     outbox_drop_ddl,
     pending_count,
@@ -373,3 +374,24 @@ def test_broker_outage_loses_nothing(engine, msg_db, prefix, amqp_url):
     assert sorted(str(x) for x in ids) == sorted(
         str(r) for r in [msg_db.scalar("SELECT array_agg(event_id::text) FROM svc.notes")][0]
     )
+
+
+def test_forget_user_drops_dedupe_records_and_published_rows_but_keeps_pending_events(engine, msg_db, prefix, amqp_url):
+    """A purge forgets what the messaging tables remember of the user, except events still to send."""
+    with Connection(amqp_url) as conn:
+        declare_topology(conn, prefix, "mailer", ["contact.created", "account.purged"])
+    sent = publish(engine, "contact.created")
+    relay = OutboxRelay(engine, "svc", amqp_url, prefix, retention=timedelta(hours=1))
+    try:
+        assert relay.run_once() == 1
+    finally:
+        relay.close()
+    with user_tx(engine, USER, system=True) as conn:
+        conn.execute(text("INSERT INTO svc.inbox (event_id, user_id) VALUES (gen_random_uuid(), :u)"), {"u": USER})
+        conn.execute(text("INSERT INTO svc.inbox (event_id, user_id) VALUES (gen_random_uuid(), 'user_other')"))
+        forget_user(conn, "svc", USER)
+        pending = publish_in_tx(conn, "svc", "account.purged", USER, {"service": "svc"})
+    assert msg_db.scalar("SELECT count(*) FROM svc.inbox WHERE user_id = %s", USER) == 0
+    assert msg_db.scalar("SELECT count(*) FROM svc.inbox WHERE user_id = 'user_other'") == 1
+    assert msg_db.scalar("SELECT count(*) FROM svc.outbox WHERE id = %s", sent) == 0
+    assert msg_db.scalar("SELECT count(*) FROM svc.outbox WHERE id = %s", pending) == 1
