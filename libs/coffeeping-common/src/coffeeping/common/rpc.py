@@ -129,15 +129,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 except InvalidUserId:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid user id")
 
-        if method.startswith(_OPEN_SERVICES):
-            return _wrap_quiet(handler, guard)
-        return _wrap(handler, guard, method)
+        # Health and reflection get no log line: probes call every few seconds.
+        return _wrap(handler, guard, "" if open_method else method)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None], method: str) -> Any:
-    """Run ``guard`` before the servicer and log one line per call (method, caller, outcome, time)."""
+    """Run ``guard`` before the servicer and log one line per call (method, caller, outcome, time);
+    an empty ``method`` means no line."""
 
     def finish(context: grpc.ServicerContext, started: float, failed: BaseException | None) -> None:
+        if not method:
+            return
         code = getattr(context, "code", lambda: None)()
         outcome = code.name if isinstance(code, grpc.StatusCode) else ("ERROR" if failed else "OK")
         log.info("rpc", extra={"rpc_method": method, "caller": caller_var.get(), "code": outcome,
@@ -182,19 +184,6 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext]
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
-
-
-def _wrap_quiet(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None]) -> Any:
-    """Health and reflection: the same guard, no log line (probes call every few seconds)."""
-    wrapped = _wrap(handler, guard, "")
-    if handler.unary_unary:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            guard(context)
-            return handler.unary_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
-    return wrapped
 
 
 @dataclass
