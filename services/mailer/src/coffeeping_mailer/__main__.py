@@ -5,9 +5,8 @@ Runs the gRPC API and three workers: the outbox relay, the event consumer and th
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine
-
 from coffeeping.common.config import load_or_exit
+from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
 from coffeeping.common.logging import configure_logging
 from coffeeping.common.messaging import Consumer, OutboxRelay
@@ -36,9 +35,8 @@ def main() -> None:
     # API, the relay and the consumer; with the relay's LISTEN connection, 11 connections by default.
     # No pre-ping (a round trip before every transaction, a sixth of a send's statements): after a
     # database restart the first error invalidates the whole pool, and every caller retries.
-    engine = create_engine(settings.database_url, pool_size=max(settings.db_pool_size, CLAIMERS + 7),
-                           max_overflow=0, pool_pre_ping=False,
-                           connect_args={"application_name": SERVICE, "connect_timeout": 5})
+    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, CLAIMERS + 7),
+                         application_name=SERVICE, pre_ping=False)
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
     gmail = Gmail(settings.gmail_api_endpoint, tokens)
     scheduler = Scheduler(engine, gmail, interval_s=settings.scheduler_interval_s,

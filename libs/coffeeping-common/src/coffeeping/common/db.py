@@ -30,7 +30,8 @@ def validate_user_id(user_id: str) -> str:
     return user_id
 
 
-def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeeping") -> Engine:
+def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeeping",
+                pre_ping: bool = True) -> Engine:
     """A pooled engine that never opens connections beyond ``pool_size``.
 
     Overflow connections would be opened and closed per checkout under load, and a new PostgreSQL
@@ -40,8 +41,8 @@ def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeepin
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=10,
-        pool_pre_ping=True,
+        pool_timeout=30,
+        pool_pre_ping=pre_ping,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
 
