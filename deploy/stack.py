@@ -55,6 +55,7 @@ def dev_secrets(path: Path) -> dict[str, str]:
         "CLERK_WEBHOOK_SECRET": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         "GOOGLE_CLIENT_SECRET": lambda: "dev-" + secrets.token_urlsafe(24),
         "GMAIL_PUSH_TOKEN": lambda: secrets.token_urlsafe(24),
+        "TOMBSTONE_KEY": lambda: secrets.token_urlsafe(48),
     }
     changed = False
     for key, make in wanted.items():

@@ -9,8 +9,13 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from coffeeping.common.config import amqp_url, db_url, integer, setting
+from sqlalchemy import Engine
+
+from coffeeping.common.config import amqp_url, db_url, integer, number, setting
+from coffeeping.common.messaging import Consumer, OutboxRelay, dead_letter_janitor
+from coffeeping.common.messaging.consumer import Handler
 from coffeeping.common.rpc import RunningServer, TlsSettings, shutdown_event
+from coffeeping.common.tombstones import TombstoneSettings
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +23,27 @@ Worker = Callable[[threading.Event], None]
 
 
 @dataclass(frozen=True)
-class ServiceSettings(TlsSettings):
+class ServiceSettings(TlsSettings, TombstoneSettings):
     database_url: str = setting("DATABASE_URL", db_url)
     rabbitmq_url: str = setting("RABBITMQ_URL", amqp_url, default="amqp://guest:guest@127.0.0.1:5672//")
     messaging_prefix: str = setting("MESSAGING_PREFIX", default="coffeeping")
     grpc_port: int = setting("GRPC_PORT", integer(0, 65535))
     log_level: str = setting("LOG_LEVEL", default="INFO")
     shutdown_grace_s: int = setting("SHUTDOWN_GRACE_S", integer(0, 300), default=10)
+    # How often each service drops deleted accounts' messages from its dead-letter queue.
+    dead_letter_sweep_s: float = setting("DEAD_LETTER_SWEEP_S", number(0.5), default=60.0)
+
+
+def messaging_workers(settings: ServiceSettings, service: str, engine: Engine, schema: str,
+                      routing_keys: Iterable[str], handler: Handler) -> list[tuple[str, Worker]]:
+    """The messaging workers every backend runs: its outbox relay, its consumer (which drops events
+    of buried users) and the janitor that keeps its dead-letter queue free of them."""
+    relay = OutboxRelay(engine, schema, settings.rabbitmq_url, settings.messaging_prefix)
+    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, service, routing_keys, engine, schema,
+                        handler, tombstone_key=settings.tombstone_key)
+    janitor = dead_letter_janitor(settings.rabbitmq_url, settings.messaging_prefix, service, engine, schema,
+                                  settings.tombstone_key, settings.dead_letter_sweep_s)
+    return [("outbox-relay", relay.run_forever), ("consumer", consumer.run), ("dead-letter-janitor", janitor)]
 
 
 def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Worker]] = ()) -> None:

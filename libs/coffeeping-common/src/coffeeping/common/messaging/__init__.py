@@ -11,7 +11,7 @@ Log lines carry event ids, types and counts, never payloads.
 from __future__ import annotations
 
 from .consumer import Consumer, MalformedEvent, parse_event
-from .dead_letters import requeue_dead_letters
+from .dead_letters import dead_letter_janitor, forget_dead_letters, requeue_dead_letters
 from .outbox import (
     OutboxRelay,
     forget_user,
@@ -28,9 +28,11 @@ __all__ = [
     "Consumer",
     "MalformedEvent",
     "OutboxRelay",
+    "dead_letter_janitor",
     "declare_events_exchange",
     "declare_topology",
     "delete_topology",
+    "forget_dead_letters",
     "forget_user",
     "make_envelope",
     "outbox_ddl",

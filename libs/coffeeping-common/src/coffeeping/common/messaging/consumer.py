@@ -37,6 +37,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from ..db import InvalidUserId, user_tx, validate_user_id
+from ..tombstones import is_buried
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
 from .topology import DEFAULT_DELIVERY_LIMIT, declare_topology
 
@@ -48,6 +49,12 @@ except ImportError:  # pragma: no cover
     request_context = None  # type: ignore[assignment]
 
 Handler = Callable[[SAConnection, dict], None]
+
+# The deletion saga's own events (``account.*``) still reach a purged user's handlers, which are
+# idempotent: a retried or replayed purge must report again. Every other event for them is dropped.
+SAGA_PREFIX = "account."
+_OUTCOME_LOG = {"handled": "event handled", "duplicate": "duplicate event skipped",
+                "dropped": "event for a deleted account dropped"}
 
 
 class MalformedEvent(ValueError):
@@ -101,6 +108,7 @@ class Consumer:
         retry_cap: float = 5.0,
         heartbeat: int = 30,
         reconnect_cap: float = 5.0,
+        tombstone_key: bytes | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.prefix = check_name(prefix, "prefix")
@@ -115,6 +123,7 @@ class Consumer:
         self.retry_cap = retry_cap
         self.heartbeat = heartbeat
         self.reconnect_cap = reconnect_cap
+        self.tombstone_key = tombstone_key
         self.connected = threading.Event()  # set while consuming (tests, health checks)
         self._stop = threading.Event()
         self._conn: Connection | None = None
@@ -132,9 +141,13 @@ class Consumer:
                 with suppress(Exception):  # the drain loop will notice a dead connection
                     self._conn.heartbeat_check()
 
-    def _apply(self, event: dict) -> bool:
-        """Run dedupe + handler in one transaction; True if the handler ran, False if a duplicate."""
+    def _apply(self, event: dict) -> str:
+        """Run dedupe + handler in one transaction: ``handled``, ``duplicate``, or ``dropped`` (the user
+        was purged here; nothing is written, not even the dedupe record that would name them)."""
         with user_tx(self.engine, event["user_id"], system=True) as conn:
+            if (self.tombstone_key is not None and not event["type"].startswith(SAGA_PREFIX)
+                    and is_buried(conn, self.schema, self.tombstone_key, event["user_id"])):
+                return "dropped"
             fresh = conn.execute(
                 text(
                     f"INSERT INTO {self.schema}.inbox (event_id, user_id) VALUES (CAST(:id AS uuid), :u) "
@@ -143,9 +156,9 @@ class Consumer:
                 {"id": event["id"], "u": event["user_id"]},
             ).first()
             if fresh is None:
-                return False
+                return "duplicate"
             self.handler(conn, event)
-            return True
+            return "handled"
 
     def _on_message(self, message: Any) -> None:
         try:
@@ -164,7 +177,7 @@ class Consumer:
             db_failures = 0
             while True:
                 try:
-                    ran = self._apply(event)
+                    outcome = self._apply(event)
                 except Exception as exc:  # noqa: BLE001
                     if _is_connection_loss(exc) and not self._stop.is_set():
                         db_failures += 1
@@ -186,10 +199,7 @@ class Consumer:
                     return
                 break
             message.ack()
-            if ran:
-                log.info("event handled", extra=info)
-            else:
-                log.info("duplicate event skipped", extra=info)
+            log.info(_OUTCOME_LOG[outcome], extra=info)
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -1,13 +1,19 @@
-"""Operator tool: move dead-lettered messages back to the service's queue."""
+"""Dead-letter queues: the operator's requeue, and forgetting the messages of deleted accounts."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
+from sqlalchemy import Engine
 
+from ..db import system_tx
+from ..tombstones import is_buried
 from ._names import dead_queue, service_queue
+from .consumer import MalformedEvent, parse_event
 
 log = logging.getLogger("coffeeping.messaging.dead_letters")
 
@@ -74,3 +80,63 @@ def requeue_dead_letters(amqp_url: str, prefix: str, service: str, limit: int | 
             log.info("dead letter requeued", extra={"message_id": str(props.get("message_id") or "")})
     log.info("dead letters requeued", extra={"service": service, "count": moved})
     return moved
+
+
+def forget_dead_letters(amqp_url: str, prefix: str, service: str, is_gone: Callable[[str], bool]) -> int:
+    """Drop from ``<prefix>.<service>.dead`` every message about a user for whom ``is_gone`` is true.
+
+    RabbitMQ cannot delete one message from the middle of a queue, so each message present at the start
+    is taken out and either dropped (its user was purged) or put back at the tail, unchanged, with a
+    publisher confirm before the original is acked: a crash duplicates a kept message, never loses it.
+    Messages that are not valid envelopes are kept for the operator. Returns how many were dropped.
+    """
+    dead = dead_queue(prefix, service)
+    dropped = 0
+    with Connection(amqp_url, transport_options={"confirm_publish": True}, connect_timeout=5) as conn:
+        channel = conn.channel()
+        _, waiting, _ = channel.queue_declare(dead, passive=True)
+        if not waiting:
+            return 0
+        producer = Producer(channel, exchange=Exchange(""), auto_declare=False)
+        source = Queue(dead, no_declare=True)(channel)
+        for _ in range(waiting):
+            message = source.get(no_ack=False, accept=None)
+            if message is None:
+                break
+            try:
+                user_id = parse_event(message.body)["user_id"]
+            except MalformedEvent:
+                user_id = None
+            if user_id is not None and is_gone(user_id):
+                message.ack()
+                dropped += 1
+                continue
+            props = message.properties
+            extra = {k: props[k] for k in ("message_id", "correlation_id", "type", "user_id") if props.get(k)}
+            producer.publish(
+                message.body, routing_key=dead, mandatory=True, delivery_mode=2,
+                content_type=message.content_type or "application/json",
+                content_encoding=message.content_encoding or "utf-8",
+                headers=message.headers or {}, retry=False, confirm_timeout=10, **extra,
+            )
+            message.ack()
+    if dropped:
+        log.info("dead letters of deleted accounts dropped", extra={"service": service, "count": dropped})
+    return dropped
+
+
+def dead_letter_janitor(amqp_url: str, prefix: str, service: str, engine: Engine, schema: str, key: bytes,
+                        interval_s: float = 60.0) -> Callable[[threading.Event], None]:
+    """A worker that keeps the service's dead-letter queue free of purged users' messages."""
+    def gone(user_id: str) -> bool:
+        with system_tx(engine) as conn:
+            return is_buried(conn, schema, key, user_id)
+
+    def run(stop: threading.Event) -> None:
+        while not stop.wait(interval_s):
+            try:
+                forget_dead_letters(amqp_url, prefix, service, gone)
+            except Exception as exc:  # noqa: BLE001 - the broker or the database is away: next round
+                log.warning("dead-letter sweep failed", extra={"service": service, "error": type(exc).__name__})
+
+    return run

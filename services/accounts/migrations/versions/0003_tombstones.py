@@ -1,0 +1,27 @@
+"""Tombstones of deleted accounts, and a note per deletion step (drafts that could not be removed).
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-30
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id under TOMBSTONE_KEY): every
+    # consumer and write path refuses a buried user. No user_id column, so no row-level security.
+    op.execute(
+        "CREATE TABLE accounts.tombstones (subject bytea PRIMARY KEY, buried_at timestamptz NOT NULL DEFAULT now())"
+    )
+    op.execute("ALTER TABLE accounts.deletion_steps ADD COLUMN note text NOT NULL DEFAULT ''")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE accounts.deletion_steps DROP COLUMN note")
+    op.execute("DROP TABLE accounts.tombstones")
