@@ -12,9 +12,8 @@ import sys
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.logging import configure_logging
-from coffeeping.common.messaging import Consumer, OutboxRelay
 from coffeeping.common.rpc import serve
-from coffeeping.common.runtime import run_until_signalled
+from coffeeping.common.runtime import messaging_workers, run_until_signalled
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_vault import SERVICE
 from coffeeping_vault.audit import AuditWriter
@@ -22,6 +21,7 @@ from coffeeping_vault.config import Settings
 from coffeeping_vault.consumers import ROUTING_KEYS, make_handler
 from coffeeping_vault.google_oauth import GoogleOAuth
 from coffeeping_vault.kms import CloudKmsWrapper, DataKeyCache, Keyring, LocalWrapper
+from coffeeping_vault.revocations import RevocationWorker
 from coffeeping_vault.servicer import POLICY, TokenVaultServicer
 from coffeeping_vault.services import FRESH_FOR, SCHEMA, Vault
 from coffeeping_vault.token_cache import TokenCache
@@ -38,7 +38,8 @@ def build_vault(settings: Settings) -> Vault:
                          timeout_s=settings.google_timeout_s, attempts=settings.google_attempts)
     cache = TokenCache(engine.url.set(drivername="postgresql").render_as_string(hide_password=False), FRESH_FOR,
                        max_age_s=settings.token_cache_max_age_s, size=settings.token_cache_size)
-    return Vault(engine, keyring, google, cache, AuditWriter(engine, interval_s=settings.audit_flush_s))
+    return Vault(engine, keyring, google, cache, AuditWriter(engine, interval_s=settings.audit_flush_s),
+                 tombstone_key=settings.tombstone_key)
 
 
 def main() -> None:
@@ -48,9 +49,7 @@ def main() -> None:
     if sys.argv[1:2] == ["rewrap"]:
         print(json.dumps(vault.rewrap()))
         return
-    relay = OutboxRelay(vault.engine, SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
-    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, SERVICE, ROUTING_KEYS, vault.engine,
-                        SCHEMA, make_handler(vault))
+    messaging = messaging_workers(settings, SERVICE, vault.engine, SCHEMA, ROUTING_KEYS, make_handler(vault))
     server = serve(
         SERVICE,
         [(vault_pb2_grpc.add_TokenVaultServicer_to_server, TokenVaultServicer(vault),
@@ -61,9 +60,10 @@ def main() -> None:
         grace=settings.shutdown_grace_s,
         max_workers=settings.grpc_workers,
     )
+    revocations = RevocationWorker(vault, retry_cap_s=settings.revoke_retry_cap_s)
     # The audit writer's last flush runs after the server has drained (workers stop after it).
-    run_until_signalled(server, workers=[("outbox-relay", relay.run_forever), ("consumer", consumer.run),
-                                         ("token-cache", vault.cache.run), ("audit-writer", vault.audit.run)])
+    run_until_signalled(server, workers=[*messaging, ("revocations", revocations.run), ("token-cache", vault.cache.run),
+                                         ("audit-writer", vault.audit.run)])
 
 
 if __name__ == "__main__":

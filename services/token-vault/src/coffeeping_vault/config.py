@@ -40,6 +40,8 @@ class Settings(ServiceSettings):
     token_cache_size: int = setting("VAULT_TOKEN_CACHE_SIZE", integer(1, 10_000_000), default=100_000)
     # How often queued token-issue records are written (at most this much is lost in a hard crash).
     audit_flush_s: float = setting("VAULT_AUDIT_FLUSH_S", number(0.01), default=0.1)
+    # An account deletion's revocation is retried until Google confirms it, at most this long apart.
+    revoke_retry_cap_s: float = setting("VAULT_REVOKE_RETRY_CAP_S", number(0.1), default=300.0)
     db_pool_size: int = setting("VAULT_DB_POOL_SIZE", integer(1, 200), default=8)
     grpc_workers: int = setting("VAULT_GRPC_WORKERS", integer(1, 512), default=32)
 

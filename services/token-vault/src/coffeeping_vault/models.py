@@ -6,6 +6,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Integer,
     LargeBinary,
     MetaData,
     SmallInteger,
@@ -79,4 +80,24 @@ state_nonces = Table(
     Column("user_id", Text, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True)),
+)
+
+# Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id, ``coffeeping.common.tombstones``).
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("subject", LargeBinary, primary_key=True),
+    Column("buried_at", DateTime(timezone=True)),
+)
+
+# An account deletion's revocation at Google, retried until Google confirms it (``revocations.py``).
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("deletion_id", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True)),
 )

@@ -19,6 +19,8 @@ from coffeeping.common.rpc import GATEWAY, Allow, allow, current_caller, current
 from coffeeping.types.v1 import export_pb2
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 from coffeeping_vault.services import (
+    GOOGLE_UNAVAILABLE,
+    KMS_UNAVAILABLE,
     GrantView,
     IntegrityFailure,
     NeedsReconnect,
@@ -43,6 +45,11 @@ POLICY: dict[str, Allow] = {
     _SERVICE + "Ping": allow(GATEWAY, ACCOUNTS, MAILER, WATCHER, "token-vault", needs_user=False),
 }
 _REVOKE_REASONS = {"user_disconnected", "account_deleted"}
+# Which dependency is down, for the caller's logs and retry decision (nothing was changed either way).
+_UNAVAILABLE = {
+    KMS_UNAVAILABLE: "kms_unavailable: the key service did not answer; nothing was changed, try again later",
+    GOOGLE_UNAVAILABLE: "google_unavailable: Google did not answer; try again later",
+}
 
 
 def _ts(value: dt.datetime | None) -> Timestamp | None:
@@ -73,7 +80,7 @@ def _abort(context: grpc.ServicerContext, exc: VaultError) -> None:
     if isinstance(exc, NeedsReconnect):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs_reconnect")
     if isinstance(exc, Unavailable):
-        context.abort(grpc.StatusCode.UNAVAILABLE, "unavailable")
+        context.abort(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE.get(exc.reason, "unavailable"))
     if isinstance(exc, Refused):
         code = grpc.StatusCode.FAILED_PRECONDITION if exc.precondition else grpc.StatusCode.INVALID_ARGUMENT
         context.abort(code, exc.reason)

@@ -21,12 +21,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import forget_user, publish_in_tx
+from coffeeping.common.tombstones import bury, is_buried, subject
 from coffeeping_vault import crypto
 from coffeeping_vault.audit import AuditWriter, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
-from coffeeping_vault.models import audit, data_keys, grants, scoped_tokens, state_nonces
-from coffeeping_vault.token_cache import CachedToken, TokenCache
+from coffeeping_vault.models import audit, data_keys, grants, revocations, scoped_tokens, state_nonces
+from coffeeping_vault.token_cache import CHANNEL, CachedToken, TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,13 @@ class NeedsReconnect(VaultError):
 
 
 class Unavailable(VaultError):
+    """A dependency is down (``kms_unavailable``, ``google_unavailable``): nothing changed, try again later."""
+
     reason = "unavailable"
+
+
+KMS_UNAVAILABLE = "kms_unavailable"
+GOOGLE_UNAVAILABLE = "google_unavailable"
 
 
 class Refused(VaultError):
@@ -75,6 +82,13 @@ class Refused(VaultError):
 
 class IntegrityFailure(VaultError):
     reason = "integrity"
+
+
+class AccountDeleted(Refused):
+    """The user's account was deleted: the vault never holds anything for them again."""
+
+    def __init__(self) -> None:
+        super().__init__("account_deleted")
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,8 @@ def _view(row: object) -> GrantView:
 _READ_TOKEN = text(
     """
     SELECT g.user_id, g.grant_id, g.key_id, g.email, g.scopes, g.status, g.access_ct, g.access_expires_at,
-           s.access_ct AS scoped_ct, s.access_expires_at AS scoped_expires_at
+           s.access_ct AS scoped_ct, s.access_expires_at AS scoped_expires_at,
+           EXISTS (SELECT 1 FROM vault.tombstones t WHERE t.subject = :t) AS buried
     FROM vault.grants g
     LEFT JOIN vault.scoped_tokens s ON s.user_id = g.user_id AND s.scope_key = :k
     WHERE g.user_id = :u
@@ -141,6 +156,11 @@ def _scope_detail(wanted: tuple[str, ...]) -> str:
     return "scopes=" + ",".join(short_scope(s) for s in wanted) if wanted else ""
 
 
+def _lock_user(conn: Connection, user_id: str) -> None:
+    """Hold the user's grant lock until commit: grant changes, purges and audit flushes take turns."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
+
+
 def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: str, detail: str = "") -> None:
     conn.execute(insert(audit).values(user_id=user_id, caller=caller or "unknown", action=action, outcome=outcome,
                                       detail=detail[:200]))
@@ -148,15 +168,20 @@ def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: st
 
 class Vault:
     def __init__(self, engine: Engine, keyring: Keyring, google: GoogleOAuth, cache: TokenCache | None = None,
-                 audit_writer: AuditWriter | None = None) -> None:
+                 audit_writer: AuditWriter | None = None, *, tombstone_key: bytes) -> None:
         self.engine = engine
         self.keyring = keyring
         self.google = google
+        self.tombstone_key = tombstone_key
         # Without a listener thread running (``cache.run``) the cache never serves, and without a writer
         # thread (``audit_writer.run``) issue records are written at once: both are safe by default.
         self.cache = cache or TokenCache(None, FRESH_FOR)
         self.audit = audit_writer or AuditWriter(engine)
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def _buried(self, conn: Connection, user_id: str) -> bool:
+        """Whether the user's account was deleted (checked in the transaction that would serve or write)."""
+        return is_buried(conn, SCHEMA, self.tombstone_key, user_id)
 
     # -- keys and ciphertexts -------------------------------------------------------------------------
     def _data_key(self, conn: Connection, row: object) -> bytes:
@@ -171,7 +196,7 @@ class Vault:
             return self.keyring.unwrap(key_id, key_row.wrapping, key_row.wrapped,
                                        crypto.key_aad(key_row.user_id, str(key_row.grant_id)))
         except KeyUnavailable:
-            raise Unavailable() from None
+            raise Unavailable(KMS_UNAVAILABLE) from None
         except KeyIntegrityError:
             raise IntegrityFailure() from None
 
@@ -185,8 +210,7 @@ class Vault:
         try:
             return crypto.open_sealed(key, sealed, aad).decode()
         except crypto.DecryptionFailed:
-            log.error("grant ciphertext failed to authenticate", extra={"user_id": row.user_id, "field": which,  # type: ignore[attr-defined]
-                                                                         "scoped": bool(scope_key)})
+            log.error("grant ciphertext failed to authenticate", extra={"field": which, "scoped": bool(scope_key)})
             raise IntegrityFailure() from None
 
     @staticmethod
@@ -199,11 +223,15 @@ class Vault:
         """Exchange the code, check scopes and account, and store the grant encrypted."""
         if not code or len(code) > 2048 or not verifier or len(verifier) > 128 or not redirect_uri:
             raise Refused("exchange_failed", precondition=False)
+        with user_tx(self.engine, user_id) as conn:
+            if self._buried(conn, user_id):
+                # Refused before the exchange, so that Google issues no tokens for a deleted account.
+                raise AccountDeleted()
         try:
             tokens = self.google.exchange_code(code, verifier, redirect_uri)
         except GoogleUnavailable:
             self._audit_tx(user_id, caller, "connect", "failed", "google_unavailable")
-            raise Unavailable() from None
+            raise Unavailable(GOOGLE_UNAVAILABLE) from None
         except (InvalidGrant, OAuthRefused):
             self._audit_tx(user_id, caller, "connect", "failed", "exchange_failed")
             raise Refused("exchange_failed", precondition=False) from None
@@ -225,14 +253,19 @@ class Vault:
         try:
             info = self.google.userinfo(tokens.access_token)
         except GoogleUnavailable:
-            raise Unavailable() from None
+            raise Unavailable(GOOGLE_UNAVAILABLE) from None
         except OAuthRefused:
             raise Refused("exchange_failed", precondition=False) from None
         now = _now()
         expires_at = now + dt.timedelta(seconds=max(tokens.expires_in, 0))
         scopes = sorted(granted)
         with user_tx(self.engine, user_id, system=True) as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
+            _lock_user(conn, user_id)
+            if self._buried(conn, user_id):
+                # Deleted while we talked to Google: the deletion took the same lock, so this is final.
+                exc = AccountDeleted()
+                exc.revoke_new = True  # type: ignore[attr-defined]
+                raise exc
             row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
             if row is not None:
                 same = (row.google_sub == info.sub) if (row.google_sub and info.sub) else (
@@ -262,7 +295,7 @@ class Vault:
                 try:
                     wrapped = self.keyring.wrap(key_id, key, crypto.key_aad(user_id, grant_id))
                 except (KeyUnavailable, KeyIntegrityError):
-                    exc = Unavailable()
+                    exc = Unavailable(KMS_UNAVAILABLE)
                     exc.revoke_new = True  # type: ignore[attr-defined]
                     raise exc from None
                 conn.execute(insert(data_keys).values(
@@ -280,7 +313,7 @@ class Vault:
             publish_in_tx(conn, SCHEMA, "gmail.connected", user_id, {"email": info.email})
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).one()
         self.cache.invalidate(user_id)
-        log.info("grant stored", extra={"user_id": user_id, "detail": detail})
+        log.info("grant stored", extra={"detail": detail})
         return _view(row)
 
     def _has_grant(self, user_id: str) -> bool:
@@ -296,11 +329,15 @@ class Vault:
 
     def _audit_tx(self, user_id: str, caller: str, action: str, outcome: str, detail: str = "") -> None:
         with user_tx(self.engine, user_id) as conn:
-            _audit(conn, user_id, caller, action, outcome, detail)
+            if not self._buried(conn, user_id):  # a deleted account gets no trail back
+                _audit(conn, user_id, caller, action, outcome, detail)
 
     # -- information ----------------------------------------------------------------------------------
     def grant_info(self, user_id: str) -> GrantView:
         with user_tx(self.engine, user_id) as conn:
+            # A deleted account's grant may wait here for Google to confirm its revocation: it is not theirs.
+            if self._buried(conn, user_id):
+                return GrantView(connected=False)
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
         return _view(row) if row is not None else GrantView(connected=False)
 
@@ -341,9 +378,11 @@ class Vault:
 
     def _issue_if_fresh(self, user_id: str, caller: str, wanted: tuple[str, ...]) -> IssuedToken | None:
         with user_tx(self.engine, user_id) as conn:
-            row = conn.execute(_READ_TOKEN, {"u": user_id, "k": " ".join(wanted)}).first()
-            if row is None:
-                # Nothing is recorded for a user the vault holds nothing for (a deleted account stays gone).
+            row = conn.execute(_READ_TOKEN, {"u": user_id, "k": " ".join(wanted),
+                                             "t": subject(self.tombstone_key, user_id)}).first()
+            if row is None or row.buried:
+                # Nothing is recorded for a user the vault holds nothing for (a deleted account stays gone,
+                # even while its grant waits for Google to confirm the revocation).
                 outcome: VaultError = NotConnected()
             elif row.status != "connected":
                 _audit(conn, user_id, caller, "token_issued", "refused", "needs_reconnect")
@@ -370,7 +409,7 @@ class Vault:
         failure: VaultError | None = None
         with user_tx(self.engine, user_id, system=True) as conn:
             row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
-            if row is None:
+            if row is None or self._buried(conn, user_id):
                 raise NotConnected()
             if row.status != "connected":
                 raise NeedsReconnect()
@@ -430,7 +469,7 @@ class Vault:
                     _audit(conn, user_id, caller, "token_refreshed", "ok",
                            ", ".join(x for x in (detail, "new refresh token" if tokens.refresh_token else "") if x))
                     _audit(conn, user_id, caller, "token_issued", "ok", detail)
-                    log.info("access token refreshed", extra={"user_id": user_id, "scoped": bool(scope_key)})
+                    log.info("access token refreshed", extra={"scoped": bool(scope_key)})
                     return IssuedToken(tokens.access_token, expires_at, row.email,
                                        wanted if scope_key else tuple(row.scopes))
         # Reached only with a failure whose record has been committed.
@@ -444,23 +483,31 @@ class Vault:
             status="needs_reconnect", access_ct=None, access_expires_at=None, updated_at=_now()))
         _audit(conn, user_id, caller, "token_refreshed", "needs_reconnect", why)
         publish_in_tx(conn, SCHEMA, "gmail.disconnected", user_id, {"reason": "needs_reconnect"})
-        log.info("grant needs reconnecting", extra={"user_id": user_id, "reason": why})
+        log.info("grant needs reconnecting", extra={"reason": why})
         return NeedsReconnect()
 
     # -- revocation -----------------------------------------------------------------------------------
     def revoke(self, user_id: str, caller: str, reason: str) -> bool:
-        """Revoke at Google, record it, then delete the grant and its key. False when nothing was held."""
+        """Revoke at Google, record it, then delete the grant and its key. False when nothing was held.
+
+        A deleted account holds nothing as far as callers can tell: its grant belongs to the deletion's
+        revocation (``revocations``), which purges it once Google has confirmed.
+        """
         with user_tx(self.engine, user_id) as conn:
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
-            if row is None:
+            if row is None or self._buried(conn, user_id):
                 return False
             token = self._revocable_token(conn, row)
         try:
             fresh = self.google.revoke(token) if token else False
         except (GoogleUnavailable, OAuthRefused):
             self._audit_tx(user_id, caller, "revoked", "failed", "google_unavailable")
-            raise Unavailable() from None
+            raise Unavailable(GOOGLE_UNAVAILABLE) from None
         with user_tx(self.engine, user_id, system=True) as conn:
+            _lock_user(conn, user_id)
+            if self._buried(conn, user_id):
+                # Deleted meanwhile: the deletion's purge removes the grant, and writes no trail or event.
+                return True
             self._record_and_delete(conn, user_id, caller, str(row.grant_id), fresh, reason)
             if reason == "user_disconnected":
                 publish_in_tx(conn, SCHEMA, "gmail.disconnected", user_id, {"reason": "user_disconnected"})
@@ -484,30 +531,71 @@ class Vault:
         if gone is not None:
             conn.execute(delete(data_keys).where(data_keys.c.key_id == gone.key_id))
             self.keyring.cache.forget(str(gone.key_id))
-        log.info("grant revoked", extra={"user_id": user_id, "already_revoked": not fresh})
+        log.info("grant revoked", extra={"already_revoked": not fresh})
 
+    # -- account deletion -----------------------------------------------------------------------------
     def purge_for_deletion(self, conn: Connection, event: dict) -> None:
-        """``account.revoke_requested``: revoke at Google, purge every vault row of the user, report.
+        """``account.revoke_requested``: bury the user and queue the revocation of their grant.
 
-        Runs inside the consumer's transaction; idempotent (a redelivery finds nothing to revoke).
+        Runs inside the consumer's transaction and calls nobody: the revocation worker (``revocations``)
+        asks Google, retrying until Google confirms, and only then purges and reports. A Google outage
+        therefore never fails this handler, so it cannot exhaust the queue's delivery limit and send
+        the request to the dead letters. Idempotent: a redelivery after the purge queues a revocation
+        that finds no grant, and the worker reports ``account.purged`` again.
         """
         user_id = event["user_id"]
         deletion_id = str(event.get("payload", {}).get("deletion_id", ""))
+        # The grant lock orders this with a connection being stored: that either committed first (its
+        # grant is what the worker revokes) or finds the tombstone once it holds the lock.
+        _lock_user(conn, user_id)
+        bury(conn, SCHEMA, self.tombstone_key, user_id)
+        conn.execute(pg_insert(revocations).values(user_id=user_id, deletion_id=deletion_id)
+                     .on_conflict_do_nothing(index_elements=["user_id"]))
+        # No vault process serves the user from memory after the commit (the cache trigger fires only
+        # on grant changes, and the grant stays until Google confirms); this one stops at once.
+        conn.execute(text("SELECT pg_notify(:channel, :user)"), {"channel": CHANNEL, "user": user_id})
+        self.cache.invalidate(user_id)
+        # The dedupe record of this very event names the user: it goes too (the handler is idempotent).
+        forget_user(conn, SCHEMA, user_id)
+        log.info("account deletion: revocation queued", extra={"deletion_id": deletion_id})
+
+    def revocation_target(self, conn: Connection, user_id: str) -> tuple[str | None, str | None]:
+        """What a deletion's revocation revokes: (grant id, the token that revokes the grant at Google),
+        (grant id, None) for a grant without a token, (None, None) when none is held.
+
+        Raises ``Unavailable`` (KMS) or ``IntegrityFailure`` when the token cannot be opened.
+        """
+        row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
+        if row is None:
+            return None, None
+        return str(row.grant_id), self._revocable_token(conn, row)
+
+    def purge_revoked(self, conn: Connection, user_id: str, grant_id: str | None, deletion_id: str) -> bool:
+        """Once Google has confirmed that grant ``grant_id`` is revoked (None: none was held): purge every
+        vault row of the deleted account, drop its revocation and report ``account.purged``, all in the
+        caller's transaction (the revocation worker's, which holds the revocation row).
+
+        False, with nothing changed, when the grant held now is not the one revoked (the worker then
+        revokes again).
+        """
         # Stop serving from memory here at once (other processes hear of it from the trigger), write out
         # this process's queued issue records so the delete below takes them, and hold the user's lock
         # until commit so that no audit flush can bring the trail back (see ``audit``).
         self.cache.invalidate(user_id)
         self.audit.flush()
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
-        row = conn.execute(select(grants).where(grants.c.user_id == user_id).with_for_update()).first()
-        if row is not None:
-            token = self._revocable_token(conn, row)
-            if token:
-                try:
-                    self.google.revoke(token)
-                except (GoogleUnavailable, OAuthRefused):
-                    raise Unavailable() from None  # the consumer retries with backoff
+        _lock_user(conn, user_id)
+        held = conn.execute(select(grants.c.grant_id).where(grants.c.user_id == user_id).with_for_update()).scalar()
+        if (str(held) if held is not None else None) != grant_id:
+            return False
+        self._purge_rows(conn, user_id)
+        conn.execute(delete(revocations).where(revocations.c.user_id == user_id))
+        publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": "token-vault"})
+        log.info("vault purged for deletion", extra={"deletion_id": deletion_id})
+        return True
+
+    def _purge_rows(self, conn: Connection, user_id: str) -> None:
         key_ids = conn.execute(select(data_keys.c.key_id).where(data_keys.c.user_id == user_id)).scalars().all()
+        conn.execute(delete(scoped_tokens).where(scoped_tokens.c.user_id == user_id))
         conn.execute(delete(grants).where(grants.c.user_id == user_id))
         conn.execute(delete(data_keys).where(data_keys.c.user_id == user_id))
         conn.execute(delete(audit).where(audit.c.user_id == user_id))
@@ -515,9 +603,6 @@ class Vault:
         for key_id in key_ids:
             self.keyring.cache.forget(str(key_id))
         forget_user(conn, SCHEMA, user_id)
-        conn.execute(delete(scoped_tokens).where(scoped_tokens.c.user_id == user_id))
-        publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": "token-vault"})
-        log.info("vault purged for deletion", extra={"user_id": user_id, "deletion_id": deletion_id})
 
     # -- OAuth state nonces ---------------------------------------------------------------------------
     def consume_state_nonce(self, user_id: str, nonce: str, expires_at: dt.datetime) -> bool:
@@ -525,6 +610,8 @@ class Vault:
             return False
         digest = hashlib.sha256(nonce.encode()).hexdigest()
         with user_tx(self.engine, user_id) as conn:
+            if self._buried(conn, user_id):
+                return False  # no connection can start for a deleted account, and nothing is written for it
             conn.execute(delete(state_nonces).where(state_nonces.c.user_id == user_id,
                                                     state_nonces.c.expires_at < _now() - dt.timedelta(hours=1)))
             fresh = conn.execute(
@@ -538,6 +625,9 @@ class Vault:
         # This process's queued issue records first; other processes write theirs within ~100 ms.
         self.audit.flush()
         with user_tx(self.engine, user_id) as conn:
+            if self._buried(conn, user_id):
+                yield "gmail_connection", {"connected": False}  # what remains until Google confirms is not theirs
+                return
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
             if row is None:
                 yield "gmail_connection", {"connected": False}
