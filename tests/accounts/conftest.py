@@ -25,6 +25,8 @@ from coffeeping_accounts import deletions
 
 OTHERS = "cpacctest-others"  # the queue suffix the test listens on as "the other services"
 
+TOMBSTONE_KEY = b"accounts-test-tombstone-key-0123456789"
+
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, step: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
@@ -101,7 +103,8 @@ def saga(accounts_engine, broker: Broker) -> Iterator[Consumer]:
     stop = threading.Event()
     relay = OutboxRelay(accounts_engine, deletions.SCHEMA, broker.url, broker.prefix)
     consumer = Consumer(broker.url, broker.prefix, "accounts", deletions.CONSUMED, accounts_engine,
-                        deletions.SCHEMA, deletions.handle_event, retry_base=0.05, retry_cap=0.2)
+                        deletions.SCHEMA, deletions.make_handler(TOMBSTONE_KEY), retry_base=0.05, retry_cap=0.2,
+                        tombstone_key=TOMBSTONE_KEY)
     threads = [threading.Thread(target=relay.run_forever, args=(stop,), daemon=True),
                threading.Thread(target=consumer.run, args=(stop,), daemon=True)]
     for thread in threads:

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from coffeeping.common.db import user_tx
+from coffeeping.common.tombstones import subject
 from coffeeping_accounts import deletions, services
-from tests.accounts.conftest import wait_until
+from tests.accounts.conftest import TOMBSTONE_KEY, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,7 +52,7 @@ def test_deletion_request_publishes_deletion_requested_and_blocks_sign_in(accoun
     [event] = events_for(broker, user_id, 1)
     assert event["type"] == "account.deletion_requested"
     assert event["payload"] == {"deletion_id": status.deletion_id}
-    with pytest.raises(deletions.DeletionInProgress):
+    with pytest.raises(deletions.AccountDeleted):
         services.get_or_create_user(accounts_engine, user_id)
 
 
@@ -91,8 +92,12 @@ def test_all_reports_complete_the_deletion_and_leave_no_row_naming_the_user(
     for (table,) in tables:
         hits = admin(f"SELECT count(*) FROM accounts.{table} t WHERE t::text LIKE %s", f"%{user_id}%")
         assert hits == [(0,)], f"accounts.{table} still refers to the user"
-    # A new sign-in after completion starts a fresh account.
-    assert services.get_or_create_user(accounts_engine, user_id).user_id == user_id
+    # A deleted user id never gets an account back, and the user is buried (as an HMAC, not the id).
+    with pytest.raises(deletions.AccountDeleted):
+        services.get_or_create_user(accounts_engine, user_id)
+    [(buried,)] = admin("SELECT count(*) FROM accounts.tombstones WHERE subject = %s",
+                        subject(TOMBSTONE_KEY, user_id))
+    assert buried == 1
 
 
 def test_duplicate_and_late_reports_are_harmless(accounts_engine, saga, broker, admin, user_id):
@@ -140,7 +145,8 @@ def test_reported_failure_is_shown_and_the_operator_retry_republishes_the_step(
     vault = next(s for s in deletions.latest_status(accounts_engine, user_id).steps if s.service == "token-vault")
     assert (vault.state, vault.error, vault.attempts) == ("failed", "google unreachable", 1)
 
-    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts")}
+    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts"),
+           "TOMBSTONE_KEY": TOMBSTONE_KEY.decode()}
     done = subprocess.run([sys.executable, "-m", "coffeeping_accounts", "retry-deletion", status.deletion_id],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -156,8 +162,31 @@ def test_reported_failure_is_shown_and_the_operator_retry_republishes_the_step(
     assert wait_until(lambda: deletions.latest_status(accounts_engine, user_id).state == "completed")
 
 
+def test_a_repeated_request_restarts_a_failed_deletion_from_its_failed_steps(accounts_engine, saga, broker,
+                                                                              user_id):
+    status = deletions.request_deletion(accounts_engine, user_id, "api")
+    events_for(broker, user_id, 1)
+    broker.report(user_id, "account.purged", {"deletion_id": status.deletion_id, "service": "reply-watcher"})
+    broker.report(user_id, "account.purge_failed",
+                  {"deletion_id": status.deletion_id, "service": "mailer", "error": "gmail unreachable"})
+    assert wait_until(lambda: deletions.latest_status(accounts_engine, user_id).state == "failed")
+    again = deletions.request_deletion(accounts_engine, user_id, "clerk_webhook", "svix:msg_restart")
+    assert again.deletion_id == status.deletion_id and again.state == "in_progress"
+    assert {s.service: (s.state, s.attempts) for s in again.steps}["mailer"] == ("running", 2)
+    [event] = events_for(broker, user_id, 1)
+    assert event["type"] == "account.deletion_requested"
+    # The mailer reports this time, with drafts it could not remove: done, and the status says so.
+    broker.report(user_id, "account.purged",
+                  {"deletion_id": status.deletion_id, "service": "mailer", "drafts_not_removed": 2})
+    [revoke] = events_for(broker, user_id, 1)
+    assert revoke["type"] == "account.revoke_requested"
+    mailer = next(s for s in deletions.latest_status(accounts_engine, user_id).steps if s.service == "mailer")
+    assert mailer.state == "done" and mailer.note.startswith("2 Gmail drafts could not be removed")
+
+
 def test_retry_of_an_unknown_or_finished_deletion_is_refused_in_one_line(isolated_database):
-    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts")}
+    env = {**os.environ, "DATABASE_URL": isolated_database.app_url("accounts"),
+           "TOMBSTONE_KEY": TOMBSTONE_KEY.decode()}
     for argument in (str(uuid.uuid4()), "not-a-uuid"):
         done = subprocess.run([sys.executable, "-m", "coffeeping_accounts", "retry-deletion", argument],
                               env=env, capture_output=True, text=True, timeout=60)

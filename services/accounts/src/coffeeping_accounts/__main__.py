@@ -12,9 +12,8 @@ from coffeeping.accounts.v1 import accounts_pb2_grpc
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.logging import configure_logging
-from coffeeping.common.messaging import Consumer, OutboxRelay
 from coffeeping.common.rpc import serve
-from coffeeping.common.runtime import run_until_signalled
+from coffeeping.common.runtime import messaging_workers, run_until_signalled
 from coffeeping_accounts import SERVICE, deletions
 from coffeeping_accounts.config import OperatorSettings, Settings
 from coffeeping_accounts.export import Sources
@@ -27,9 +26,8 @@ def run_service() -> None:
     engine = make_engine(settings.database_url, application_name=SERVICE)
     sources = Sources(settings.for_service(SERVICE), settings.vault_addr, settings.mailer_addr,
                       settings.watcher_addr, timeout_s=settings.export_timeout_s)
-    relay = OutboxRelay(engine, deletions.SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
-    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, SERVICE, deletions.CONSUMED, engine,
-                        deletions.SCHEMA, deletions.handle_event)
+    messaging = messaging_workers(settings, SERVICE, engine, deletions.SCHEMA, deletions.CONSUMED,
+                                  deletions.make_handler(settings.tombstone_key))
 
     def watch_deadlines(stop: threading.Event) -> None:
         while not stop.wait(settings.deletion_watch_interval_s):
@@ -47,8 +45,7 @@ def run_service() -> None:
         settings.for_service(SERVICE),
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [("outbox-relay", relay.run_forever), ("consumer", consumer.run),
-                                 ("deletion-deadlines", watch_deadlines)])
+    run_until_signalled(server, [*messaging, ("deletion-deadlines", watch_deadlines)])
 
 
 def retry_deletion(deletion_id: str) -> int:
@@ -56,7 +53,7 @@ def retry_deletion(deletion_id: str) -> int:
     configure_logging(SERVICE, "WARNING")
     engine = make_engine(settings.database_url, pool_size=1, application_name=f"{SERVICE}-operator")
     try:
-        steps = deletions.retry(engine, deletion_id)
+        steps = deletions.retry(engine, deletion_id, settings.tombstone_key)
     except deletions.NoSuchDeletion as exc:
         print(f"retry-deletion: {exc}", file=sys.stderr)
         return 1

@@ -1,24 +1,29 @@
 """Account deletion: the saga that the accounts service orchestrates over RabbitMQ.
 
-1. ``request_deletion`` records the deletion with one step per service and publishes
-   ``account.deletion_requested`` (mailer and reply watcher purge, the mailer first deleting the Gmail
-   drafts it mirrored while the grant still works).
-2. On the mailer's ``account.purged`` it publishes ``account.revoke_requested`` (the vault revokes the
-   grant at Google, then purges it and its keys).
-3. When the mailer, the reply watcher and the vault have all reported ``account.purged``, it purges its
-   own rows (the user record, and the user's entries in its inbox and outbox) in the same transaction
-   that marks the deletion completed.
+0. The fence. ``request_deletion`` commits the deletion (one step per service) with
+   ``account.deletion_requested`` in its outbox; the servicer then has the mailer fence the user
+   (``Mailer.FenceUser``) before it answers 202. From then on nothing is sent or drafted for the user,
+   and the account answers "deleted" (410 at the gateway) to everything but the deletion status,
+   for good: a deleted user id never gets an account back.
+1. The mailer and the reply watcher purge on ``account.deletion_requested``. The mailer deletes its
+   rows at once and then removes the Gmail drafts it mirrored, retrying for a bounded time
+   (``MAILER_DRAFT_CLEANUP_S``); its ``account.purged`` says how many drafts it could not remove.
+2. On the mailer's ``account.purged`` it publishes ``account.revoke_requested``: the token vault
+   revokes the grant at Google, retrying until Google confirms, and only then purges it.
+3. When the mailer, the reply watcher and the vault have all reported ``account.purged``, it purges
+   its own rows (the user record, its inbox and outbox entries) and buries the user, in the same
+   transaction that marks the deletion completed.
 
-Steps are retried by the messaging layer (redelivery with backoff, then the dead-letter queue). A step
-that a service reports as failed (``account.purge_failed``), or that reports nothing within the
-deadline, is shown as failed and is retried by the operator (``python -m coffeeping_accounts
-retry-deletion <deletion_id>``), which republishes it.
+Every service keeps a tombstone of a purged user (an HMAC of the user id, see
+``coffeeping.common.tombstones``): its consumer drops any later event of that user, so a late,
+redelivered or replayed event brings nothing back, and its dead-letter janitor drops their messages.
+
+A step that a service reports as failed (``account.purge_failed``), or that reports nothing within the
+deadline, is shown as failed. ``DELETE /v1/account`` (or the webhook) coming again restarts the failed
+steps, and so does the operator (``python -m coffeeping_accounts retry-deletion <deletion_id>``).
 
 What is kept afterwards is minimal and names nobody: the deletion id, a SHA-256 of the user id (so
-the user can still read the status), the source, times and the steps' states.
-
-After completion a sign-in with the same Clerk user id (possible when the account was deleted through
-the API and the Clerk user still exists) starts a fresh, empty account.
+the user can still read the status), the source, times and the steps' states and notes.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ import datetime as dt
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx, validate_user_id
-from coffeeping.common.messaging import publish_in_tx
+from coffeeping.common.messaging import forget_user, publish_in_tx
+from coffeeping.common.tombstones import bury
 from coffeeping_accounts.models import deletion_requests, deletion_steps, deletions, users
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,8 @@ _ALIASES = {"mailer": MAILER, "reply-watcher": WATCHER, "watcher": WATCHER, "tok
 _REPORTING = (MAILER, WATCHER, VAULT)
 
 
-class DeletionInProgress(Exception):
-    """The user's account is being deleted: nothing may be created or exported for it."""
+class AccountDeleted(Exception):
+    """The user's account is deleted or being deleted: nothing may be created or exported for it."""
 
 
 class NoSuchDeletion(LookupError):
@@ -83,6 +90,7 @@ class Step:
     attempts: int
     updated_at: dt.datetime
     error: str
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,25 +109,23 @@ def _status(conn: Connection, deletion_id: uuid.UUID) -> Status:
     ).all()
     return Status(
         str(row.deletion_id), row.state, row.requested_at, row.completed_at,
-        [Step(s.service, s.step, s.state, s.attempts, s.updated_at, s.error) for s in steps],
+        [Step(s.service, s.step, s.state, s.attempts, s.updated_at, s.error, s.note) for s in steps],
     )
 
 
-def in_progress(conn: Connection, user_id: str) -> bool:
-    """True while a deletion of the user's account has not completed (running or failed)."""
+def deleted(conn: Connection, user_id: str) -> bool:
+    """True once a deletion of the user's account was accepted (running, failed or completed)."""
     found = conn.execute(
-        select(deletions.c.deletion_id).where(
-            deletions.c.subject_hash == subject_hash(user_id), deletions.c.state != "completed"
-        ).limit(1)
+        select(deletions.c.deletion_id).where(deletions.c.subject_hash == subject_hash(user_id)).limit(1)
     ).first()
     return found is not None
 
 
 def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key: str = "") -> Status:
-    """Start the deletion of the user's account, or return the one already running.
+    """Start the deletion of the user's account, or return the one already accepted.
 
-    A request repeated with the same idempotency key (a replayed webhook) returns the deletion it
-    started, even after that deletion completed, and starts nothing new.
+    A deletion that failed restarts from its failed steps. A request repeated with the same
+    idempotency key (a replayed webhook) returns the deletion it started and starts nothing new.
     """
     subject = subject_hash(user_id)
     key = _key_hash(subject, idempotency_key) if idempotency_key else ""
@@ -130,32 +136,25 @@ def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key:
             ).scalar_one_or_none()
             if seen is not None:
                 return _status(conn, seen)
-        deletion_id = uuid.uuid4()
-        created = conn.execute(
-            insert(deletions)
-            .values(deletion_id=deletion_id, subject_hash=subject, user_id=user_id, source=source,
-                    state="in_progress")
-            .on_conflict_do_nothing(index_elements=["subject_hash"], index_where=text("state <> 'completed'"))
-            .returning(deletions.c.deletion_id)
-        ).scalar_one_or_none()
-        if created is None:
-            deletion_id = conn.execute(
-                select(deletions.c.deletion_id).where(
-                    deletions.c.subject_hash == subject, deletions.c.state != "completed"
-                )
-            ).scalar_one()
-        else:
-            conn.execute(
-                insert(deletion_steps),
-                [
-                    {"deletion_id": deletion_id, "service": service, "subject_hash": subject, "step": step,
-                     "state": "running" if service in (MAILER, WATCHER) else "pending",
-                     "attempts": 1 if service in (MAILER, WATCHER) else 0, "error": "", "position": position}
-                    for position, (service, step) in enumerate(STEPS)
-                ],
-            )
-            publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
-            log.info("account deletion requested", extra={"deletion_id": str(deletion_id), "source": source})
+        latest = select(deletions.c.deletion_id, deletions.c.state).where(
+            deletions.c.subject_hash == subject).order_by(deletions.c.requested_at.desc()).limit(1)
+        row = conn.execute(latest.with_for_update()).first()
+        if row is None:
+            created = conn.execute(
+                insert(deletions)
+                .values(deletion_id=uuid.uuid4(), subject_hash=subject, user_id=user_id, source=source,
+                        state="in_progress")
+                .on_conflict_do_nothing(index_elements=["subject_hash"], index_where=text("state <> 'completed'"))
+                .returning(deletions.c.deletion_id)
+            ).scalar_one_or_none()
+            if created is not None:
+                _start(conn, created, subject, user_id)
+                log.info("account deletion requested", extra={"deletion_id": str(created), "source": source})
+            row = conn.execute(latest).one()  # a concurrent request may have won the insert
+        deletion_id = row.deletion_id
+        if row.state == "failed":
+            restarted = _restart(conn, deletion_id, user_id)
+            log.info("failed deletion restarted", extra={"deletion_id": str(deletion_id), "steps": restarted})
         if key:
             conn.execute(
                 insert(deletion_requests)
@@ -163,6 +162,19 @@ def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key:
                 .on_conflict_do_nothing(index_elements=["key_hash"])
             )
         return _status(conn, deletion_id)
+
+
+def _start(conn: Connection, deletion_id: uuid.UUID, subject: str, user_id: str) -> None:
+    conn.execute(
+        insert(deletion_steps),
+        [
+            {"deletion_id": deletion_id, "service": service, "subject_hash": subject, "step": step,
+             "state": "running" if service in (MAILER, WATCHER) else "pending",
+             "attempts": 1 if service in (MAILER, WATCHER) else 0, "error": "", "position": position}
+            for position, (service, step) in enumerate(STEPS)
+        ],
+    )
+    publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
 
 
 def latest_status(engine: Engine, user_id: str) -> Status | None:
@@ -180,58 +192,58 @@ def latest_status(engine: Engine, user_id: str) -> Status | None:
 # -- the saga's progress ---------------------------------------------------------------------------
 
 
-def handle_event(conn: Connection, event: dict) -> None:
+def make_handler(tombstone_key: bytes) -> Callable[[Connection, dict], None]:
     """Consumer handler for ``account.purged`` and ``account.purge_failed`` (inside its transaction)."""
-    user_id = event["user_id"]
-    payload = event["payload"]
-    service = _ALIASES.get(str(payload.get("service", "")))
-    try:
-        deletion_id = uuid.UUID(str(payload.get("deletion_id")))
-    except ValueError:
-        deletion_id = None
-    if service is None or deletion_id is None:
-        log.warning("deletion report ignored: unknown service or deletion id",
-                    extra={"event_id": event["id"], "event_type": event["type"]})
-        return
-    row = conn.execute(
-        select(deletions.c.state).where(
-            deletions.c.deletion_id == deletion_id, deletions.c.subject_hash == subject_hash(user_id)
-        ).with_for_update()
-    ).first()
-    if row is None:
-        log.warning("deletion report ignored: no such deletion", extra={"deletion_id": str(deletion_id)})
-        return
-    if row.state == "completed":
-        # A late duplicate: the consumer has just recorded it in the inbox under the user's id.
-        _forget_messaging(conn, user_id)
-        return
-    if event["type"] == PURGED:
-        conn.execute(
-            update(deletion_steps)
-            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
-                   deletion_steps.c.state != "done")
-            .values(state="done", error="", updated_at=text("now()"))
-        )
-        log.info("deletion step done", extra={"deletion_id": str(deletion_id), "service": service})
-    else:
-        error = str(payload.get("error") or "failed")[:200]
-        conn.execute(
-            update(deletion_steps)
-            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
-                   deletion_steps.c.state != "done")
-            .values(state="failed", error=error, updated_at=text("now()"))
-        )
-        log.warning("deletion step failed", extra={"deletion_id": str(deletion_id), "service": service})
-    _advance(conn, deletion_id, user_id)
+
+    def handle(conn: Connection, event: dict) -> None:
+        user_id = event["user_id"]
+        payload = event["payload"]
+        service = _ALIASES.get(str(payload.get("service", "")))
+        try:
+            deletion_id = uuid.UUID(str(payload.get("deletion_id")))
+        except ValueError:
+            deletion_id = None
+        if service is None or deletion_id is None:
+            log.warning("deletion report ignored: unknown service or deletion id",
+                        extra={"event_id": event["id"], "event_type": event["type"]})
+            return
+        row = conn.execute(
+            select(deletions.c.state).where(
+                deletions.c.deletion_id == deletion_id, deletions.c.subject_hash == subject_hash(user_id)
+            ).with_for_update()
+        ).first()
+        if row is None:
+            log.warning("deletion report ignored: no such deletion", extra={"deletion_id": str(deletion_id)})
+            return
+        if row.state == "completed":
+            # A late duplicate: the consumer has just recorded it in the inbox under the user's id.
+            forget_user(conn, SCHEMA, user_id)
+            return
+        step = (deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
+                deletion_steps.c.state != "done")
+        if event["type"] == PURGED:
+            conn.execute(update(deletion_steps).where(*step)
+                         .values(state="done", error="", note=_note(payload), updated_at=text("now()")))
+            log.info("deletion step done", extra={"deletion_id": str(deletion_id), "service": service})
+        else:
+            error = str(payload.get("error") or "failed")[:200]
+            conn.execute(update(deletion_steps).where(*step)
+                         .values(state="failed", error=error, updated_at=text("now()")))
+            log.warning("deletion step failed", extra={"deletion_id": str(deletion_id), "service": service})
+        _advance(conn, deletion_id, user_id, tombstone_key)
+
+    return handle
 
 
-def _forget_messaging(conn: Connection, user_id: str) -> None:
-    """Remove the user's id from this service's messaging tables (dedupe records, relayed events)."""
-    conn.execute(text("DELETE FROM accounts.inbox WHERE user_id = :u"), {"u": user_id})
-    conn.execute(text("DELETE FROM accounts.outbox WHERE user_id = :u AND published_at IS NOT NULL"), {"u": user_id})
+def _note(payload: dict) -> str:
+    """What the user should know about a done step: the Gmail drafts the mailer could not remove."""
+    left = payload.get("drafts_not_removed")
+    if isinstance(left, int) and not isinstance(left, bool) and left > 0:
+        return f"{left} Gmail draft{'s' if left != 1 else ''} could not be removed; delete them in Gmail"
+    return ""
 
 
-def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str) -> None:
+def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str, tombstone_key: bytes) -> None:
     """Take the saga's next step from the steps' states (the deletion row is locked by the caller)."""
     states = dict(
         conn.execute(
@@ -249,7 +261,8 @@ def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str) -> None:
         log.info("grant revocation requested", extra={"deletion_id": str(deletion_id)})
     if all(states.get(service) == "done" for service in _REPORTING):
         conn.execute(delete(users).where(users.c.user_id == user_id))
-        _forget_messaging(conn, user_id)
+        forget_user(conn, SCHEMA, user_id)
+        bury(conn, SCHEMA, tombstone_key, user_id)
         conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == ACCOUNTS)
@@ -294,7 +307,7 @@ def mark_overdue(engine: Engine, deadline_s: float) -> int:
     return len(marked)
 
 
-def retry(engine: Engine, deletion_id: str) -> list[str]:
+def retry(engine: Engine, deletion_id: str, tombstone_key: bytes) -> list[str]:
     """Republish every step of an unfinished deletion that has not reported done; return their services.
 
     For the operator. Duplicates are harmless: each service's purge is idempotent and a second report
@@ -310,26 +323,33 @@ def retry(engine: Engine, deletion_id: str) -> list[str]:
         ).first()
     if row is None or row.state == "completed" or not row.user_id:
         raise NoSuchDeletion("no unfinished deletion with this id")
-    user_id = row.user_id
-    with user_tx(engine, user_id, system=True) as conn:
+    with user_tx(engine, row.user_id, system=True) as conn:
         conn.execute(select(deletions.c.deletion_id).where(deletions.c.deletion_id == wanted).with_for_update())
-        states = dict(
-            conn.execute(
-                select(deletion_steps.c.service, deletion_steps.c.state).where(deletion_steps.c.deletion_id == wanted)
-            ).all()
-        )
-        again = [s for s in (MAILER, WATCHER) if states.get(s) in ("running", "failed")]
-        if again:
-            publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(wanted)})
-        if states.get(VAULT) in ("running", "failed"):
-            publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(wanted)})
-            again.append(VAULT)
-        if again:
-            conn.execute(
-                update(deletion_steps)
-                .where(deletion_steps.c.deletion_id == wanted, deletion_steps.c.service.in_(again))
-                .values(state="running", error="", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
-            )
-        _advance(conn, wanted, user_id)
+        again = _restart(conn, wanted, row.user_id, unfinished=("running", "failed"))
+        _advance(conn, wanted, row.user_id, tombstone_key)
     log.info("deletion retried", extra={"deletion_id": str(wanted), "steps": again})
+    return again
+
+
+def _restart(conn: Connection, deletion_id: uuid.UUID, user_id: str,
+             unfinished: tuple[str, ...] = ("failed",)) -> list[str]:
+    """Publish again the request of every step in ``unfinished``; the deletion row is locked by the caller."""
+    states = dict(
+        conn.execute(
+            select(deletion_steps.c.service, deletion_steps.c.state).where(deletion_steps.c.deletion_id == deletion_id)
+        ).all()
+    )
+    again = [s for s in (MAILER, WATCHER) if states.get(s) in unfinished]
+    if again:
+        publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+    if states.get(VAULT) in unfinished:
+        publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+        again.append(VAULT)
+    if again:
+        conn.execute(
+            update(deletion_steps)
+            .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service.in_(again))
+            .values(state="running", error="", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
+        )
+        conn.execute(update(deletions).where(deletions.c.deletion_id == deletion_id).values(state="in_progress"))
     return again

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from coffeeping.common.rpc import TlsFiles, call_metadata, channel
-from coffeeping.mailer.v1 import mailer_pb2_grpc
+from coffeeping.mailer.v1 import mailer_pb2, mailer_pb2_grpc
 from coffeeping.types.v1 import export_pb2
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping.watcher.v1 import watcher_pb2_grpc
@@ -74,7 +74,7 @@ class Source:
 
 
 class Sources:
-    """Lazily created, mutually authenticated channels to the services that own export data."""
+    """Lazily created, mutually authenticated channels to the services that own the user's data."""
 
     def __init__(self, tls: TlsFiles, vault_addr: str, mailer_addr: str, watcher_addr: str,
                  timeout_s: float = 300.0) -> None:
@@ -102,6 +102,11 @@ class Sources:
             return call
 
         return [Source(name, caller(name)) for name in ("token-vault", "mailer", "reply-watcher")]
+
+    def fence(self, user_id: str, timeout_s: float = 5.0) -> None:
+        """The deletion's fence at the mailer (raises ``grpc.RpcError`` when it could not be set)."""
+        self._stub("mailer").FenceUser(mailer_pb2.FenceUserRequest(), metadata=call_metadata(user_id),
+                                       timeout=timeout_s)
 
 
 def stamp(value: dt.datetime | None) -> str | None:

@@ -38,6 +38,7 @@ deletion_steps = Table(
     Column("error", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("position", Integer, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
 )
 
 # Idempotency keys of deletion requests (the Svix message id of a webhook), stored hashed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -12,6 +13,8 @@ from coffeeping.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
 from coffeeping_accounts import deletions, export, services
 
+log = logging.getLogger(__name__)
+
 _SERVICE = "/coffeeping.accounts.v1.Accounts/"
 POLICY: dict[str, Allow] = {
     _SERVICE + "GetMe": allow(GATEWAY),
@@ -21,7 +24,7 @@ POLICY: dict[str, Allow] = {
     _SERVICE + "Export": allow(GATEWAY),
 }
 _SOURCES = ("api", "clerk_webhook")
-_IN_DELETION = "the account is being deleted"
+_DELETED = "account_deleted"
 
 
 def _ts(value) -> Timestamp:  # type: ignore[no-untyped-def]
@@ -38,7 +41,7 @@ def _status(status: deletions.Status) -> accounts_pb2.DeletionStatus:
         reply.completed_at.CopyFrom(_ts(status.completed_at))
     for step in status.steps:
         reply.steps.add(service=step.service, step=step.step, state=step.state, attempts=step.attempts,
-                        updated_at=_ts(step.updated_at), error=step.error)
+                        updated_at=_ts(step.updated_at), error=step.error, note=step.note)
     return reply
 
 
@@ -50,8 +53,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     def GetMe(self, request: accounts_pb2.GetMeRequest, context: grpc.ServicerContext) -> accounts_pb2.User:
         try:
             user = services.get_or_create_user(self.engine, current_user())
-        except deletions.DeletionInProgress:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _IN_DELETION)
+        except deletions.AccountDeleted:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _DELETED)
         return accounts_pb2.User(user_id=user.user_id, created_at=_ts(user.created_at))
 
     def RequestDeletion(self, request: accounts_pb2.RequestDeletionRequest,
@@ -61,7 +64,18 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown source")
         if len(request.idempotency_key) > 200:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "idempotency key too long")
-        status = deletions.request_deletion(self.engine, current_user(), source, request.idempotency_key)
+        user_id = current_user()
+        status = deletions.request_deletion(self.engine, user_id, source, request.idempotency_key)
+        if status.state != "completed" and self.sources is not None:
+            # The fence: committed at the mailer before the caller hears "accepted". Should the mailer
+            # be unreachable, the deletion stands (its event fences the mailer too) and a retry of the
+            # request answers once the fence is confirmed.
+            try:
+                self.sources.fence(user_id)
+            except grpc.RpcError as exc:
+                log.warning("deletion fence not confirmed", extra={"deletion_id": status.deletion_id,
+                                                                   "code": str(exc.code())})
+                context.abort(grpc.StatusCode.UNAVAILABLE, "fence_unconfirmed")
         return _status(status)
 
     def GetDeletionStatus(self, request: accounts_pb2.GetDeletionStatusRequest,
@@ -78,8 +92,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         user_id = current_user()
         try:
             user = services.find_user(self.engine, user_id)
-        except deletions.DeletionInProgress:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _IN_DELETION)
+        except deletions.AccountDeleted:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _DELETED)
         profile = {"user_id": user_id,
                    "created_at": export.stamp(user.created_at) if user else None}
         sources = self.sources.all() if self.sources is not None else []

@@ -23,14 +23,13 @@ class User:
 def get_or_create_user(engine: Engine, user_id: str) -> User:
     """The user's record, created on first sight (concurrent first requests create one row).
 
-    Raises ``DeletionInProgress`` while the account is being deleted, so that a sign-in during the
-    deletion never recreates data. After the deletion completed, the same id starts a fresh account.
+    Raises ``AccountDeleted`` once a deletion of the account was accepted, so that a sign-in never
+    recreates data: a deleted user id never gets an account back (every service keeps its tombstone).
     The common case (a known user, no deletion) is one query after the user is set.
     """
     deleting = (
         select(deletion_rows.c.deletion_id)
-        .where(deletion_rows.c.subject_hash == deletions.subject_hash(user_id),
-               deletion_rows.c.state != "completed")
+        .where(deletion_rows.c.subject_hash == deletions.subject_hash(user_id))
         .exists()
     )
     with user_tx(engine, user_id) as conn:
@@ -39,7 +38,7 @@ def get_or_create_user(engine: Engine, user_id: str) -> User:
             .select_from(select(literal(1).label("one")).subquery().outerjoin(users, users.c.user_id == user_id))
         ).one()
         if row.deleting:
-            raise deletions.DeletionInProgress()
+            raise deletions.AccountDeleted()
         if row.user_id is not None:
             return User(row.user_id, row.created_at)
         conn.execute(insert(users).values(user_id=user_id).on_conflict_do_nothing(index_elements=["user_id"]))
@@ -48,9 +47,9 @@ def get_or_create_user(engine: Engine, user_id: str) -> User:
 
 
 def find_user(engine: Engine, user_id: str) -> User | None:
-    """The user's record without creating it; ``DeletionInProgress`` while the account is being deleted."""
+    """The user's record without creating it; ``AccountDeleted`` once its deletion was accepted."""
     with user_tx(engine, user_id) as conn:
-        if deletions.in_progress(conn, user_id):
-            raise deletions.DeletionInProgress()
+        if deletions.deleted(conn, user_id):
+            raise deletions.AccountDeleted()
         row = conn.execute(select(users.c.user_id, users.c.created_at).where(users.c.user_id == user_id)).first()
     return User(row.user_id, row.created_at) if row else None

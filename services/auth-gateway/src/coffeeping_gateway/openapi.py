@@ -18,6 +18,23 @@ _PROBLEM = {
 }
 
 
+# Once an account's deletion is accepted, every route of that user answers 410 but the deletion's own
+# (a repeated DELETE answers the deletion's status).
+_NOT_GONE = {"/v1/account", "/v1/account/deletion"}
+
+
+def _paths() -> dict[str, Any]:
+    paths = views.paths()
+    for path, item in paths.items():
+        if path in _NOT_GONE:
+            continue
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            if "401" in responses:
+                responses.setdefault("410", {"$ref": "#/components/responses/AccountDeleted"})
+    return paths
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -29,13 +46,17 @@ def document() -> dict[str, Any]:
             "application/problem+json (RFC 9457).",
         },
         "security": [{"clerkSession": []}],
-        "paths": views.paths(),
+        "paths": _paths(),
         "components": {
             "securitySchemes": {"clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {"Problem": _PROBLEM, **views.schemas()},
             "responses": {
                 "Unauthorized": {
                     "description": "missing or invalid session token",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+                "AccountDeleted": {
+                    "description": "the account is deleted or being deleted; `links.status` is its deletion status",
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
                 },
                 "ValidationError": {

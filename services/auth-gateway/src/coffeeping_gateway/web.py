@@ -51,13 +51,20 @@ def settings() -> Any:
     return current_app.extensions["coffeeping.settings"]
 
 
+ACCOUNT_DELETED = "account_deleted"
+DELETION_STATUS_PATH = "/v1/account/deletion"
+
+
 def rpc_problem(exc: grpc.RpcError) -> Problem:
     """The problem to answer for a failed call; only client-meaningful details pass through."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    detail = exc.details() if hasattr(exc, "details") else ""
+    if code == grpc.StatusCode.FAILED_PRECONDITION and detail == ACCOUNT_DELETED:
+        return Problem(410, "this account is deleted or being deleted; follow links.status for its progress",
+                       links={"status": DELETION_STATUS_PATH})
     status = _GRPC_TO_HTTP.get(code, 502)
     if status in (502, 503, 504):
         return Problem(status, "a service is temporarily unavailable; try again shortly")
-    detail = exc.details() if hasattr(exc, "details") else ""
     return Problem(status, detail or "")
 
 

@@ -16,14 +16,23 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from coffeeping.accounts.v1 import accounts_pb2
 from coffeeping_gateway.problems import Problem
-from coffeeping_gateway.web import call, clients, public, rate_limited, rpc_problem, settings, user_id
+from coffeeping_gateway.web import (
+    DELETION_STATUS_PATH,
+    call,
+    clients,
+    public,
+    rate_limited,
+    rpc_problem,
+    settings,
+    user_id,
+)
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("account", __name__)
 
 CONFIRMATION = "delete my account"
-STATUS_PATH = "/v1/account/deletion"
+STATUS_PATH = DELETION_STATUS_PATH
 EXPORT_TIMEOUT_S = 600
 MAX_WEBHOOK_BYTES = 256 * 1024
 _USER_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
@@ -44,7 +53,8 @@ def _status_body(status: accounts_pb2.DeletionStatus) -> dict[str, Any]:
         "completed_at": _stamp(status.completed_at),
         "steps": [
             {"service": s.service, "step": s.step, "state": s.state, "attempts": s.attempts,
-             "updated_at": _stamp(s.updated_at), **({"error": s.error} if s.error else {})}
+             "updated_at": _stamp(s.updated_at), **({"error": s.error} if s.error else {}),
+             **({"note": s.note} if s.note else {})}
             for s in status.steps
         ],
         "links": {"status": STATUS_PATH},
@@ -178,7 +188,6 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "string"}, "description": 'attachment; filename="coffeeping-export.json"'}},
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Export"}}}},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
-                "409": {"description": "the account is being deleted", "content": _PROBLEM},
                 "422": {"$ref": "#/components/responses/ValidationError"},
                 "429": {"description": "too many exports; try again later", "content": _PROBLEM},
             },
@@ -193,10 +202,13 @@ PATHS: dict[str, Any] = {
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "maxLength": 200}}],
             "responses": {
-                "202": {"description": "deletion started (or already running); follow `Location` for progress",
+                "202": {"description": "deletion accepted and sending already stopped (or the deletion already "
+                        "accepted earlier; a failed one restarts its failed steps); follow `Location` for progress",
                         "headers": {"Location": {"schema": {"type": "string"}}}, "content": _STATUS},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
                 "422": {"$ref": "#/components/responses/ValidationError"},
+                "503": {"description": "the deletion is recorded but the stop of sending is not confirmed yet; "
+                        "repeat the request", "content": _PROBLEM},
             },
         }
     },
@@ -238,7 +250,9 @@ SCHEMAS: dict[str, Any] = {
                 "service": {"type": "string"}, "step": {"type": "string"},
                 "state": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
                 "attempts": {"type": "integer"}, "updated_at": {"type": "string", "format": "date-time"},
-                "error": {"type": "string"}}}},
+                "error": {"type": "string"},
+                "note": {"type": "string", "description": "what a done step could not do, e.g. Gmail drafts "
+                         "that could not be removed"}}}},
             "links": {"type": "object", "properties": {"status": {"type": "string"}}},
         },
     },

@@ -19,6 +19,7 @@ import grpc
 from flask import Blueprint, Response, current_app, jsonify, redirect, request
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coffeeping.accounts.v1 import accounts_pb2
 from coffeeping.vault.v1 import vault_pb2
 from coffeeping_gateway.oauth_state import COOKIE_NAME, COOKIE_PATH, STATE_TTL_S, InvalidState, StateSigner
 from coffeeping_gateway.web import call, clients, rate_limited, settings, user_id
@@ -60,6 +61,8 @@ def _refuse(reason: str, why: str) -> Response:
 @bp.post("/v1/gmail/connect")
 @rate_limited(per_minute=20)
 def connect() -> Any:
+    # A deleted account connects nothing (410); the vault alone learns of a deletion only at its end.
+    call(clients().accounts.GetMe, accounts_pb2.GetMeRequest())
     info = call(clients().vault.GetGrantInfo, vault_pb2.GetGrantInfoRequest())
     pending = _signer().begin(user_id())
     params = {
