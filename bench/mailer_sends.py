@@ -154,6 +154,7 @@ def main() -> None:
                "DATABASE_URL": role_url(args.admin_url, database, "cp_mailer"), "GRPC_PORT": str(port),
                "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
                "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": args.amqp_url, "MESSAGING_PREFIX": prefix,
+               "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,
                "VAULT_GRPC_ADDR": f"127.0.0.1:{vault_port}", "GMAIL_API_ENDPOINT": sandbox.google_url,
                "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(args.workers),
                "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}

@@ -181,6 +181,7 @@ def mailer_factory(database: Any, amqp_url: str, messaging_prefix: str, certs: P
             "DATABASE_URL": database.app_url("mailer"), "GRPC_PORT": str(port),
             "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
             "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": amqp_url, "MESSAGING_PREFIX": messaging_prefix,
+            "TOMBSTONE_KEY": "test-tombstone-key-" + "x" * 32,
             "VAULT_GRPC_ADDR": vault[1], "GMAIL_API_ENDPOINT": sandbox.google_url,
             "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": "4", "LOG_LEVEL": "INFO",
             "SHUTDOWN_GRACE_S": "2",

@@ -9,9 +9,8 @@ from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
 from coffeeping.common.logging import configure_logging
-from coffeeping.common.messaging import Consumer, OutboxRelay
 from coffeeping.common.rpc import channel, serve
-from coffeeping.common.runtime import run_until_signalled
+from coffeeping.common.runtime import messaging_workers, run_until_signalled
 from coffeeping.mailer.v1 import mailer_pb2_grpc
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_mailer import SERVICE
@@ -39,22 +38,21 @@ def main() -> None:
                          application_name=SERVICE, pre_ping=False)
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
     gmail = Gmail(settings.gmail_api_endpoint, tokens)
-    scheduler = Scheduler(engine, gmail, interval_s=settings.scheduler_interval_s,
+    scheduler = Scheduler(engine, gmail, settings.tombstone_key, interval_s=settings.scheduler_interval_s,
                           workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
                           max_attempts=settings.max_attempts, claimers=CLAIMERS)
-    relay = OutboxRelay(engine, SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
-    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, SERVICE, ROUTING_KEYS, engine, SCHEMA,
-                        Handlers(gmail))
+    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA, ROUTING_KEYS,
+                                  Handlers(gmail, settings.tombstone_key, settings.draft_cleanup_s))
     server = serve(
         SERVICE,
-        [(mailer_pb2_grpc.add_MailerServicer_to_server, MailerServicer(engine), "coffeeping.mailer.v1.Mailer")],
+        [(mailer_pb2_grpc.add_MailerServicer_to_server, MailerServicer(engine, settings.tombstone_key),
+          "coffeeping.mailer.v1.Mailer")],
         POLICY,
         settings.grpc_port,
         tls,
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [("outbox-relay", relay.run_forever), ("consumer", consumer.run),
-                                 ("scheduler", scheduler.run)])
+    run_until_signalled(server, [*messaging, ("scheduler", scheduler.run)])
 
 
 if __name__ == "__main__":

@@ -19,4 +19,7 @@ class Settings(ServiceSettings):
     daily_cap: int = setting("MAILER_DAILY_CAP", integer(1, 100_000), default=400)
     # Attempts of one step against Gmail 429/5xx before it is marked failed.
     max_attempts: int = setting("MAILER_MAX_ATTEMPTS", integer(1, 100), default=8)
+    # How long an account deletion keeps retrying to remove the user's Gmail drafts before it reports
+    # the ones left and lets the vault revoke the grant.
+    draft_cleanup_s: float = setting("MAILER_DRAFT_CLEANUP_S", number(1.0), default=900.0)
     db_pool_size: int = setting("MAILER_DB_POOL_SIZE", integer(1, 200), default=5)

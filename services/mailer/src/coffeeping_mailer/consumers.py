@@ -12,15 +12,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from coffeeping.common.messaging import forget_user, publish_in_tx
-from coffeeping_mailer import services
-from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected
+from coffeeping_mailer import fence, services
+from coffeeping_mailer.gmail_api import Gmail
 from coffeeping_mailer.models import SCHEMA
 from coffeeping_mailer.scheduler import pause_all
 
 log = logging.getLogger("coffeeping_mailer.consumers")
 
-ROUTING_KEYS = ("reply.detected", "bounce.detected", "takeover.detected", "gmail.disconnected",
+ROUTING_KEYS = ("reply.detected", "bounce.detected", "takeover.detected", "gmail.connected", "gmail.disconnected",
                 "account.deletion_requested")
 _STOP_REASONS = {"reply.detected": "replied", "bounce.detected": "bounced", "takeover.detected": "user_took_over"}
 
@@ -48,13 +47,17 @@ def _uuids(values: Any) -> list[str]:
 
 
 class Handlers:
-    def __init__(self, gmail: Gmail) -> None:
+    def __init__(self, gmail: Gmail, tombstone_key: bytes, draft_cleanup_s: float = 900.0) -> None:
         self.gmail = gmail
+        self.tombstone_key = tombstone_key
+        self.draft_cleanup_s = draft_cleanup_s
 
     def __call__(self, conn: Connection, event: dict[str, Any]) -> None:
         kind, user, payload = event["type"], event["user_id"], event.get("payload") or {}
         if kind in _STOP_REASONS:
             self.stop(conn, user, payload, _STOP_REASONS[kind])
+        elif kind == "gmail.connected":
+            self.account_changed(conn, user, str(payload.get("email") or ""))
         elif kind == "gmail.disconnected":
             paused = pause_all(conn, "gmail_disconnected")
             log.info("sequences paused: gmail disconnected", extra={"count": paused})
@@ -75,27 +78,24 @@ class Handlers:
             services.stop_sequence(conn, user, str(row.id), reason, when)
         log.info("sequences stopped", extra={"reason": reason, "count": len(rows)})
 
+    def account_changed(self, conn: Connection, user: str, email: str) -> None:
+        """``gmail.connected``: a Google account other than the one a running sequence wrote from stops
+        it with ``gmail_account_changed`` (its thread and drafts are in the other mailbox)."""
+        if not email:
+            return
+        rows = conn.execute(
+            text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') "
+                 "AND user_email IS NOT NULL AND lower(user_email) <> lower(:e)"), {"e": email}).all()
+        for row in rows:
+            services.stop_sequence(conn, user, str(row.id), "gmail_account_changed", None)
+        if rows:
+            self.gmail.forget(user)
+            log.info("sequences stopped: gmail account changed", extra={"count": len(rows)})
+
     def purge(self, conn: Connection, user: str, deletion_id: str) -> None:
-        """Account deletion: drafts out of Gmail while the grant works, then every row of the user."""
-        drafts = [r.draft_id for r in conn.execute(
-            text(f"SELECT draft_id FROM {SCHEMA}.steps WHERE draft_id IS NOT NULL "
-                 "AND status IN ('scheduled', 'sending') "
-                 f"UNION SELECT draft_id FROM {SCHEMA}.draft_deletions WHERE user_id = :u"), {"u": user})]
-        for draft_id in drafts:
-            try:
-                self.gmail.delete_draft(user, draft_id)
-            except (NotFound, Rejected):
-                continue
-            except Disconnected:
-                break  # the grant is gone already; nothing more can be removed from Gmail
-        # Transient errors propagate: the consumer rolls back and the event comes again with backoff.
-        conn.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id IN (SELECT step_id FROM {SCHEMA}.jobs "
-                          "WHERE user_id = :u FOR UPDATE SKIP LOCKED)"), {"u": user})
-        conn.execute(text(f"DELETE FROM {SCHEMA}.draft_deletions WHERE user_id = :u"), {"u": user})
-        conn.execute(text(f"DELETE FROM {SCHEMA}.contacts WHERE user_id = :u"), {"u": user})
-        forget_user(conn, SCHEMA, user)
-        conn.execute(text(f"DELETE FROM {SCHEMA}.outbox WHERE user_id = :u AND routing_key LIKE 'sequence.%'"),
-                     {"u": user})
-        self.gmail.forget(user)
-        publish_in_tx(conn, SCHEMA, "account.purged", user, {"deletion_id": deletion_id, "service": "mailer"})
-        log.info("account purged", extra={"drafts": len(drafts)})
+        """Account deletion: fence, queue the drafts for the bounded cleanup, delete every row now.
+
+        ``account.purged`` follows from the scheduler's draft cleaner once the drafts are removed or
+        given up (``fence.finish_purges``); no Gmail call is made here.
+        """
+        fence.purge(conn, self.tombstone_key, user, deletion_id, self.draft_cleanup_s)

@@ -257,6 +257,26 @@ class Gmail:
         users, http = self._client(user_id)
         return _run(users.drafts().send(userId="me", body={"id": draft_id}), http)  # type: ignore[no-any-return]
 
+    def find_draft(self, user_id: str, thread_id: str, rfc_message_id: str) -> tuple[str, str] | None:
+        """(draft id, message id) of our draft in ``thread_id`` whose Message-ID is ``rfc_message_id``.
+
+        For a draft whose creation was interrupted before we recorded its id: we give every draft a
+        Message-ID of our own before creating it, so it can be found again among the user's drafts.
+        """
+        users, http = self._client(user_id)
+        token = None
+        while True:
+            reply = _run(users.drafts().list(userId="me", pageToken=token, maxResults=500), http)
+            for draft in reply.get("drafts", []):
+                message = draft.get("message", {})
+                if message.get("threadId") != thread_id:
+                    continue
+                if self.own_header(user_id, str(message["id"]), "Message-ID") == rfc_message_id:
+                    return str(draft["id"]), str(message["id"])
+            token = reply.get("nextPageToken")
+            if not token:
+                return None
+
     def delete_draft(self, user_id: str, draft_id: str) -> None:
         users, http = self._client(user_id)
         _run(users.drafts().delete(userId="me", id=draft_id), http)

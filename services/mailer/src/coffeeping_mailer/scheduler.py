@@ -30,7 +30,9 @@ from sqlalchemy import Connection, Engine, text
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import publish_in_tx
-from coffeeping_mailer import schedule, services
+from coffeeping.common.tombstones import is_buried
+from coffeeping_mailer import fence, schedule, services
+from coffeeping_mailer.fence import FENCE_OPEN, fence_param
 from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected, ThreadMessage, Transient
 from coffeeping_mailer.mime import Outgoing, UnsafeHeader, build, new_message_id, reply_subject, to_raw
 from coffeeping_mailer.models import SCHEMA
@@ -46,10 +48,12 @@ class Retry:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, gmail: Gmail, *, interval_s: float = 5.0, workers: int = 8,
-                 daily_cap: int = 400, max_attempts: int = 8, claimers: int = 3, batch: int | None = None) -> None:
+    def __init__(self, engine: Engine, gmail: Gmail, tombstone_key: bytes, *, interval_s: float = 5.0,
+                 workers: int = 8, daily_cap: int = 400, max_attempts: int = 8, claimers: int = 3,
+                 batch: int | None = None) -> None:
         self.engine = engine
         self.gmail = gmail
+        self.tombstone_key = tombstone_key
         self.interval_s = interval_s
         self.workers = workers
         self.daily_cap = daily_cap
@@ -149,6 +153,8 @@ class Scheduler:
             step = self._load(conn, job.step_id, for_send=True)
             if step is None or step.seq_status not in ("scheduled", "active"):
                 return None
+            if is_buried(conn, SCHEMA, self.tombstone_key, user):
+                return None  # fenced: the purge removes the rest
             if step.status not in ("scheduled", "sending"):
                 return None
             rules = services.rules_of(step)
@@ -226,8 +232,16 @@ class Scheduler:
             rfc = new_message_id(user_email)
         raw = build(Outgoing(step.to_email, step.to_name, user_email, step.subject, step.body, rfc))
         with user_tx(self.engine, user) as conn:
-            conn.execute(text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = now(), "
-                              "rfc_message_id = :r WHERE id = :id"), {"r": rfc, "id": step.id})
+            # The fence and the sequence's state, checked in the transaction that commits to the send.
+            marked = conn.execute(
+                text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = now(), rfc_message_id = :r "
+                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {FENCE_OPEN} AND EXISTS "
+                     f"(SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
+                     "AND s.status IN ('scheduled', 'active')) RETURNING id"),
+                {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
+            ).first()
+            if marked is None:
+                return
             conn.execute(text(f"UPDATE {SCHEMA}.sequences SET history_id = :h, user_email = :e WHERE id = :s"),
                          {"h": history_id, "e": user_email, "s": step.sequence_id})
         result = self.gmail.send(user, to_raw(raw))
@@ -322,24 +336,43 @@ class Scheduler:
                 return
 
     def _make_draft(self, user: str, step_id: Any, user_email: str) -> tuple[str, str] | None:
-        """Create the follow-up's draft in the thread; return (draft id, draft message id)."""
+        """Create the follow-up's draft in the thread; return (draft id, draft message id).
+
+        Recoverable at every point: the intent (the draft's own Message-ID) is committed first, behind
+        the fence, so that a draft created by an attempt that died before recording its id is found
+        again (``find_draft``) instead of made twice, and a purge or a stop can still remove it.
+        """
         with user_tx(self.engine, user) as conn:
             step = self._load(conn, step_id)
             first = conn.execute(text(f"SELECT rfc_message_id FROM {SCHEMA}.steps WHERE sequence_id = :s "
-                                      "AND position = 0"), {"s": step.sequence_id}).scalar()
+                                      "AND position = 0"), {"s": step.sequence_id}).scalar() if step else None
         if step is None or step.status != "scheduled" or not step.thread_id or not first:
             return None
         if step.draft_id:
             return step.draft_id, step.draft_message_id
         rfc = step.rfc_message_id or new_message_id(user_email)
-        raw = build(Outgoing(step.to_email, step.to_name, user_email, reply_subject(step.subject), step.body, rfc,
-                             in_reply_to=first, references=first))
-        draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
+        with user_tx(self.engine, user) as conn:
+            intended = conn.execute(
+                text(f"UPDATE {SCHEMA}.steps SET rfc_message_id = :r WHERE id = :id AND draft_id IS NULL "
+                     f"AND status = 'scheduled' AND {FENCE_OPEN} AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s "
+                     "WHERE s.id = sequence_id AND s.status IN ('scheduled', 'active')) RETURNING id"),
+                {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
+            ).first()
+        if intended is None:
+            return None
+        found = self.gmail.find_draft(user, step.thread_id, rfc) if step.rfc_message_id else None
+        if found is not None:
+            log.info("draft of an interrupted attempt found", extra={"step_id": str(step.id)})
+            draft = {"id": found[0], "message": {"id": found[1]}}
+        else:
+            raw = build(Outgoing(step.to_email, step.to_name, user_email, reply_subject(step.subject), step.body,
+                                 rfc, in_reply_to=first, references=first))
+            draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
         with user_tx(self.engine, user) as conn:
             kept = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET draft_id = :d, draft_message_id = :m, rfc_message_id = :r "
+                text(f"UPDATE {SCHEMA}.steps SET draft_id = :d, draft_message_id = :m "
                      "WHERE id = :id AND draft_id IS NULL AND status = 'scheduled' RETURNING id"),
-                {"d": draft["id"], "m": draft["message"]["id"], "r": rfc, "id": step.id},
+                {"d": draft["id"], "m": draft["message"]["id"], "id": step.id},
             ).first()
             if kept is None:
                 conn.execute(text(f"INSERT INTO {SCHEMA}.draft_deletions (user_id, draft_id) VALUES (:u, :d)"),
@@ -350,27 +383,37 @@ class Scheduler:
     # --------------------------------------------------------------------------------------- follow-up
     def _send_follow_up(self, user: str, step: Any, known: set[str]) -> None:
         user_email = self.gmail.user_email(user)
-        thread = self.gmail.thread(user, step.thread_id)
-        started_ms = int(step.started_at.timestamp() * 1000) if step.started_at else 0
-        for message in thread:
-            if "DRAFT" in message.label_ids or "SENT" in message.label_ids:
-                continue
-            if message.sender and message.sender != user_email and message.internal_date_ms >= started_ms - 5000:
-                reason = "bounced" if message.sender.startswith(_BOUNCERS) else "replied"
-                when = dt.datetime.fromtimestamp(message.internal_date_ms / 1000, UTC)
-                log.info("answer found in the thread; sequence stopped",
-                         extra={"step_id": str(step.id), "reason": reason, "gmail_message_id": message.id})
-                with user_tx(self.engine, user) as conn:
-                    services.stop_sequence(conn, user, str(step.sequence_id), reason, when)
-                return
         draft_id = step.draft_id
-        edited, edited_body = False, None
         if not draft_id:
             made = self._make_draft(user, step.id, user_email)
             if made is None:
                 return
             draft_id = made[0]
-        elif step.draft_message_id not in {m.id for m in thread if "DRAFT" in m.label_ids}:
+        # The fence and the sequence's state, checked in the transaction that commits to the send.
+        with user_tx(self.engine, user) as conn:
+            marked = conn.execute(
+                text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = COALESCE(sending_since, now()) "
+                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {FENCE_OPEN} "
+                     f"AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
+                     "AND s.status IN ('scheduled', 'active')) RETURNING sending_since"),
+                {"id": step.id, **fence_param(self.tombstone_key, user)},
+            ).first()
+        if marked is None:
+            return
+        # The pre-send check, as late as it can be: the thread's From headers (metadata only). A reply
+        # that landed before this read stops the sequence; what remains is this read's own round trip
+        # and the send's (bench/reply_race.py measures it).
+        try:
+            thread = self.gmail.thread(user, step.thread_id)
+        except NotFound:
+            self._stop(user, step, "thread_deleted", None)
+            return
+        answer = self._answer(thread, user_email, step)
+        if answer is not None:
+            self._stop(user, step, *answer)
+            return
+        edited = False
+        if step.draft_message_id not in {m.id for m in thread if "DRAFT" in m.label_ids}:
             # The draft's message is not in the thread as we made it: edited in Gmail, or deleted.
             try:
                 current, edited_body = self.gmail.draft_content(user, draft_id)
@@ -379,19 +422,11 @@ class Scheduler:
                     self._draft_deleted(user, step)
                 return
             edited = current != step.draft_message_id
-            edited_body = edited_body if edited else None
-        # An edited draft's body is stored with the mark, so that a send adopted after a crash still
-        # records what went out.
-        with user_tx(self.engine, user) as conn:
-            marked = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = COALESCE(sending_since, now()), "
-                     "edited_in_gmail = :e, sent_body = :b WHERE id = :id AND status IN ('scheduled', 'sending') "
-                     f"AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
-                     "AND s.status IN ('scheduled', 'active')) RETURNING sending_since"),
-                {"e": edited, "b": edited_body, "id": step.id},
-            ).first()
-        if marked is None:
-            return
+            if edited:
+                # Stored before the send, so that a send adopted after a crash records what went out.
+                with user_tx(self.engine, user) as conn:
+                    conn.execute(text(f"UPDATE {SCHEMA}.steps SET edited_in_gmail = true, sent_body = :b "
+                                      "WHERE id = :id AND status = 'sending'"), {"b": edited_body, "id": step.id})
         try:
             result = self.gmail.send_draft(user, draft_id)
         except NotFound:
@@ -400,6 +435,24 @@ class Scheduler:
                 self._draft_deleted(user, step)
             return
         self._record_follow_up(user, step, result["id"], edited)
+
+    @staticmethod
+    def _answer(thread: list[ThreadMessage], user_email: str, step: Any) -> tuple[str, dt.datetime] | None:
+        """(reason, when) if someone other than the user wrote in the thread since the sequence began."""
+        started_ms = int(step.started_at.timestamp() * 1000) if step.started_at else 0
+        for message in thread:
+            if "DRAFT" in message.label_ids or "SENT" in message.label_ids:
+                continue
+            if message.sender and message.sender != user_email and message.internal_date_ms >= started_ms - 5000:
+                reason = "bounced" if message.sender.startswith(_BOUNCERS) else "replied"
+                log.info("answer found in the thread before sending; sequence stopped",
+                         extra={"step_id": str(step.id), "reason": reason, "gmail_message_id": message.id})
+                return reason, dt.datetime.fromtimestamp(message.internal_date_ms / 1000, UTC)
+        return None
+
+    def _stop(self, user: str, step: Any, reason: str, when: dt.datetime | None) -> None:
+        with user_tx(self.engine, user) as conn:
+            services.stop_sequence(conn, user, str(step.sequence_id), reason, when)
 
     def _adopt_sent(self, user: str, step: Any, thread: list[ThreadMessage], known: set[str],
                     since: dt.datetime | None = None) -> bool:
@@ -447,25 +500,56 @@ class Scheduler:
 
     # --------------------------------------------------------------------------------- draft cleanup
     def delete_drafts_once(self) -> bool:
+        """Remove queued drafts from Gmail, then report the purges whose drafts are all dealt with.
+
+        A draft of a deleted account is retried until its ``give_up_at`` and then counted as not
+        removed; any other (a stop, a contact's deletion) is retried a bounded number of times.
+        """
         with system_tx(self.engine) as conn:
             rows = conn.execute(
-                text(f"SELECT id, user_id, draft_id, attempts FROM {SCHEMA}.draft_deletions WHERE not_before <= now() "
+                text(f"SELECT id, user_id, draft_id, thread_id, rfc_message_id, attempts, give_up_at "
+                     f"FROM {SCHEMA}.draft_deletions WHERE not_before <= now() "
                      "ORDER BY not_before LIMIT 20 FOR UPDATE SKIP LOCKED")
             ).all()
             for row in rows:
-                try:
-                    self.gmail.delete_draft(row.user_id, row.draft_id)
-                except (NotFound, Disconnected, Rejected):
-                    pass  # gone already, or the grant is gone and so is our access to it
-                except Transient:
-                    if row.attempts < 20:
+                removed = self._delete_draft(row)
+                if removed is None:  # transient: try again later, within its bound
+                    if row.give_up_at is None:
+                        exhausted, cap = row.attempts >= 20, 600.0
+                    else:
+                        exhausted, cap = row.give_up_at <= dt.datetime.now(UTC), 60.0
+                    if not exhausted:
                         conn.execute(
                             text(f"UPDATE {SCHEMA}.draft_deletions SET attempts = attempts + 1, "
                                  "not_before = now() + make_interval(secs => :d) WHERE id = :id"),
-                            {"d": min(2.0 ** row.attempts, 600.0), "id": row.id})
+                            {"d": min(2.0 ** row.attempts, cap), "id": row.id})
                         continue
+                    removed = False
+                if not removed:
+                    fence.count_left(conn, row.user_id)
                 conn.execute(text(f"DELETE FROM {SCHEMA}.draft_deletions WHERE id = :id"), {"id": row.id})
-        return bool(rows)
+        finished = fence.finish_purges(self.engine)
+        for user in finished:
+            self.gmail.forget(user)
+        return bool(rows) or bool(finished)
+
+    def _delete_draft(self, row: Any) -> bool | None:
+        """True when the draft is gone from Gmail, False when it cannot be removed, None to retry."""
+        try:
+            draft_id = row.draft_id
+            if draft_id is None:
+                found = self.gmail.find_draft(row.user_id, row.thread_id, row.rfc_message_id)
+                if found is None:
+                    return True  # the interrupted attempt never created it
+                draft_id = found[0]
+            self.gmail.delete_draft(row.user_id, draft_id)
+        except NotFound:
+            return True  # gone already
+        except (Disconnected, Rejected):
+            return False  # the grant is gone, and so is our access to the draft
+        except Transient:
+            return None
+        return True
 
 
 def pause_all(conn: Connection, reason: str) -> int:

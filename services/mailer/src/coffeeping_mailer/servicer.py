@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
 from coffeeping.mailer.v1 import mailer_pb2, mailer_pb2_grpc
 from coffeeping.types.v1 import export_pb2
-from coffeeping_mailer import services
+from coffeeping_mailer import fence, services
 from coffeeping_mailer.errors import ApiError
 
 log = logging.getLogger("coffeeping_mailer.api")
@@ -24,6 +24,7 @@ POLICY: dict[str, Allow] = {
     _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
     _SERVICE + "Call": allow(GATEWAY),
     _SERVICE + "ExportData": allow("accounts", user_from=["accounts"]),
+    _SERVICE + "FenceUser": allow("accounts", user_from=["accounts"]),
 }
 
 Operation = Callable[[Engine, str, dict[str, str], dict[str, str], bytes], tuple[int, Any]]
@@ -51,8 +52,18 @@ def _response(status: int, body: Any) -> mailer_pb2.ApiResponse:
 
 
 class MailerServicer(mailer_pb2_grpc.MailerServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, tombstone_key: bytes) -> None:
         self.engine = engine
+        self.tombstone_key = tombstone_key
+
+    def FenceUser(self, request: mailer_pb2.FenceUserRequest,
+                  context: grpc.ServicerContext) -> mailer_pb2.FenceUserResponse:
+        try:
+            fence.fence(self.engine, self.tombstone_key, current_user())
+        except DBAPIError as exc:
+            log.error("database error", extra={"operation": "FenceUser", "error": type(exc.orig).__name__})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "storage unavailable")
+        return mailer_pb2.FenceUserResponse()
 
     def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
         return export_pb2.PingResponse()
@@ -61,8 +72,11 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
         operation = OPERATIONS.get(request.operation)
         if operation is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown operation")
+        user_id = current_user()
         try:
-            status, body = operation(self.engine, current_user(), dict(request.params), dict(request.query),
+            if fence.is_fenced(self.engine, self.tombstone_key, user_id):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, fence.ACCOUNT_DELETED)
+            status, body = operation(self.engine, user_id, dict(request.params), dict(request.query),
                                      bytes(request.body))
         except ApiError as exc:
             return _response(exc.status, exc.problem())

@@ -25,6 +25,7 @@ from coffeeping.common.db import USER_SETTING, user_tx, validate_user_id
 from coffeeping.common.messaging import publish_in_tx
 from coffeeping_mailer import schedule
 from coffeeping_mailer.errors import ApiError, Invalid, conflict, not_found
+from coffeeping_mailer.fence import queue_draft_deletions
 from coffeeping_mailer.mime import UnsafeHeader, check_address, check_name, check_subject
 from coffeeping_mailer.models import SCHEMA
 
@@ -668,7 +669,8 @@ def cancel_sequence(engine: Engine, user_id: str, seq_id: str) -> tuple[int, dic
 
 
 def stop_sequence(conn: Connection, user_id: str, seq_id: str, reason: str, when: dt.datetime | None) -> bool:
-    """End a sequence: cancel its pending steps, queue their drafts for deletion, publish the stop.
+    """End a sequence: cancel its pending steps, queue the drafts of every unsent step for deletion,
+    publish the stop.
 
     Idempotent: a sequence that already ended is left as it is (False).
     """
@@ -680,15 +682,12 @@ def stop_sequence(conn: Connection, user_id: str, seq_id: str, reason: str, when
     ).first()
     if row is None:
         return False
-    drafts = conn.execute(
+    conn.execute(
         text(f"UPDATE {SCHEMA}.steps SET status = 'cancelled', cancel_reason = :r "
-             "WHERE sequence_id = CAST(:s AS uuid) AND status = 'scheduled' RETURNING draft_id"),
+             "WHERE sequence_id = CAST(:s AS uuid) AND status IN ('scheduled', 'sending')"),
         {"s": seq_id, "r": reason},
-    ).all()
-    for draft in drafts:
-        if draft.draft_id:
-            conn.execute(text(f"INSERT INTO {SCHEMA}.draft_deletions (user_id, draft_id) VALUES (:u, :d)"),
-                         {"u": user_id, "d": draft.draft_id})
+    )
+    queue_draft_deletions(conn, user_id, seq_id)
     _drop_jobs(conn, seq_id)
     if row.thread_id:
         publish_in_tx(conn, SCHEMA, "sequence.stopped", user_id, {"sequence_id": seq_id, "reason": reason})
