@@ -75,8 +75,9 @@ class World:
     def event(self, event_type: str, payload: dict, event_id: str | None = None) -> None:
         """Apply one event exactly as the consumer does (its handler, in a user+system transaction)."""
         with user_tx(self.engine, self.user_id, system=True) as conn:
-            make_handler(self.tokens)(conn, {"id": event_id or new_id("evt"), "type": event_type,
-                                             "user_id": self.user_id, "payload": payload})
+            handler = make_handler(b"watcher-test-tombstone-key-0123456789", self.tokens)
+            handler(conn, {"id": event_id or new_id("evt"), "type": event_type, "user_id": self.user_id,
+                           "payload": payload})
 
     def poll(self, poller: Poller | None = None) -> list[dict]:
         """Make this user due and poll it once; return the events it published."""

@@ -23,6 +23,7 @@ from coffeeping.watcher.v1 import watcher_pb2, watcher_pb2_grpc
 from coffeeping_watcher.consumers import make_consumer
 from coffeeping_watcher.servicer import POLICY, ReplyWatcherServicer
 
+TOMBSTONE_KEY = b"watcher-test-tombstone-key-0123456789"
 OUTGOING = ("reply.detected", "bounce.detected", "takeover.detected", "account.purged")
 
 
@@ -40,7 +41,7 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 def bus(amqp_url, messaging_prefix, engine):
     """The watcher's consumer and relay running against RabbitMQ, and a tap on what it publishes."""
     stop = threading.Event()
-    consumer = make_consumer(amqp_url, messaging_prefix, engine)
+    consumer = make_consumer(amqp_url, messaging_prefix, engine, TOMBSTONE_KEY)
     relay = OutboxRelay(engine, "watcher", amqp_url, messaging_prefix)
     received: queue.Queue = queue.Queue()
     tap_name = f"{messaging_prefix}.watcher-tap.{new_id('q')}"
@@ -151,6 +152,43 @@ def test_account_deletion_purges_every_watcher_row_and_reports_account_purged(wo
     bus.publish("account.deletion_requested", world.user_id, {}, envelope=deletion)
     assert bus.next_event(world.user_id, "account.purged")["payload"]["deletion_id"] == "del_1"
     assert world.admin_rows("SELECT count(*) FROM watcher.seen_messages WHERE user_id = %s", world.user_id) == [(0,)]
+
+
+def test_late_and_replayed_events_after_the_purge_bring_nothing_back(world, bus):
+    seq = send_first_email(world.sandbox.gmail, world.user_id, world.email, "ravi@contact.example")
+    started = bus.publish("sequence.started", world.user_id, seq.started())
+    wait_for(world.mailbox, what="the mailbox")
+    bus.publish("account.deletion_requested", world.user_id, {"deletion_id": "del_late"})
+    bus.next_event(world.user_id, "account.purged")
+    # A sequence.started relayed after the purge, one replayed with its original id, and a sent message.
+    late = send_first_email(world.sandbox.gmail, world.user_id, world.email, "sara@contact.example")
+    bus.publish("sequence.started", world.user_id, late.started())
+    bus.publish("sequence.started", world.user_id, {}, envelope=started)
+    bus.publish("sequence.message_sent", world.user_id, late.sent())
+    marker = send_first_email(world.sandbox.gmail, "user_marker_" + world.user_id[-8:], world.email,
+                              "tom@contact.example")
+    bus.publish("sequence.started", "user_marker_" + world.user_id[-8:], marker.started())
+    wait_for(lambda: world.admin_rows("SELECT 1 FROM watcher.mailboxes WHERE user_id = %s",
+                                      "user_marker_" + world.user_id[-8:]), what="a later event to be handled")
+    for table in ("mailboxes", "watches", "sent_messages", "seen_messages", "inbox"):
+        assert world.admin_rows(f"SELECT count(*) FROM watcher.{table} WHERE user_id = %s",
+                                world.user_id) == [(0,)], table
+
+
+def test_connecting_another_google_account_forgets_the_old_mailbox_state(world, bus):
+    seq = send_first_email(world.sandbox.gmail, world.user_id, world.email, "uma@contact.example")
+    bus.publish("sequence.started", world.user_id, seq.started())
+    bus.publish("sequence.message_sent", world.user_id, seq.sent())
+    wait_for(lambda: world.admin_rows("SELECT 1 FROM watcher.sent_messages WHERE user_id = %s", world.user_id)
+             and world.mailbox(), what="the events to be consumed")
+    bus.publish("gmail.connected", world.user_id, {"email": world.email.upper()})  # the same account
+    time.sleep(1)
+    assert world.mailbox() is not None
+    bus.publish("gmail.connected", world.user_id, {"email": "someone.else@gmail.com"})
+    wait_for(lambda: world.mailbox() is None, what="the old mailbox to be forgotten")
+    for table in ("watches", "sent_messages", "seen_messages"):
+        assert world.admin_rows(f"SELECT count(*) FROM watcher.{table} WHERE user_id = %s",
+                                world.user_id) == [(0,)], table
 
 
 @pytest.fixture(scope="module")

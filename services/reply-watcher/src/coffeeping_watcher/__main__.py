@@ -6,14 +6,13 @@ from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
 from coffeeping.common.logging import configure_logging
-from coffeeping.common.messaging import OutboxRelay
 from coffeeping.common.rpc import channel, serve
-from coffeeping.common.runtime import run_until_signalled
+from coffeeping.common.runtime import messaging_workers, run_until_signalled
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping.watcher.v1 import watcher_pb2_grpc
 from coffeeping_watcher import SERVICE
 from coffeeping_watcher.config import Settings
-from coffeeping_watcher.consumers import make_consumer
+from coffeeping_watcher.consumers import ROUTING_KEYS, make_handler
 from coffeeping_watcher.poller import Poller
 from coffeeping_watcher.servicer import POLICY, ReplyWatcherServicer
 from coffeeping_watcher.services import SCHEMA
@@ -29,8 +28,8 @@ def main() -> None:
     poller = Poller(engine, tokens, settings.gmail_api_endpoint, interval_s=settings.poll_interval_s,
                     concurrency=settings.concurrency, takeover_grace_s=settings.takeover_grace_s,
                     max_backoff_s=settings.max_backoff_s)
-    consumer = make_consumer(settings.rabbitmq_url, settings.messaging_prefix, engine, tokens, poller.wake.set)
-    relay = OutboxRelay(engine, SCHEMA, settings.rabbitmq_url, settings.messaging_prefix)
+    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA, ROUTING_KEYS,
+                                  make_handler(settings.tombstone_key, tokens, poller.wake.set))
     server = serve(
         SERVICE,
         [(watcher_pb2_grpc.add_ReplyWatcherServicer_to_server, ReplyWatcherServicer(engine, poller.wake.set),
@@ -40,8 +39,7 @@ def main() -> None:
         tls,
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [("watcher-consumer", consumer.run), ("watcher-relay", relay.run_forever),
-                                 ("watcher-poller", poller.run)])
+    run_until_signalled(server, [*messaging, ("poller", poller.run)])
 
 
 if __name__ == "__main__":

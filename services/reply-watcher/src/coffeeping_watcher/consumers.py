@@ -24,10 +24,10 @@ ROUTING_KEYS = (
 )
 
 
-def make_handler(tokens: VaultTokenSource | None = None,
+def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
                  on_due: Callable[[], None] | None = None) -> Callable[[Connection, dict], None]:
-    """The consumer's handler; ``tokens`` drops a cached access token when the grant goes away and
-    ``on_due`` wakes the poller when a mailbox became due at once."""
+    """The consumer's handler; ``tombstone_key`` names purged users, ``tokens`` drops a cached access
+    token when the grant goes away and ``on_due`` wakes the poller when a mailbox became due at once."""
 
     def handle(conn: Connection, event: dict) -> None:
         user_id, payload, kind = event["user_id"], event.get("payload") or {}, event["type"]
@@ -48,7 +48,7 @@ def make_handler(tokens: VaultTokenSource | None = None,
             if tokens:
                 tokens.forget(user_id)
         elif kind == "account.deletion_requested":
-            services.purge_user(conn, user_id, payload)
+            services.purge_user(conn, user_id, payload, tombstone_key)
             if tokens:
                 tokens.forget(user_id)
         else:
@@ -57,7 +57,7 @@ def make_handler(tokens: VaultTokenSource | None = None,
     return handle
 
 
-def make_consumer(amqp_url: str, prefix: str, engine: Engine, tokens: VaultTokenSource | None = None,
-                  on_due: Callable[[], None] | None = None) -> Consumer:
+def make_consumer(amqp_url: str, prefix: str, engine: Engine, tombstone_key: bytes,
+                  tokens: VaultTokenSource | None = None, on_due: Callable[[], None] | None = None) -> Consumer:
     return Consumer(amqp_url, prefix, SERVICE, ROUTING_KEYS, engine, services.SCHEMA,
-                    make_handler(tokens, on_due))
+                    make_handler(tombstone_key, tokens, on_due), tombstone_key=tombstone_key)

@@ -167,14 +167,14 @@ class Poller:
             result = self._poll(user_id)
         except Retry as retry:
             delay = self._backoff(user_id, retry)
-            log.warning("poll deferred", extra={"user_id": user_id, "reason": retry.reason, "retry_in_s": delay})
+            log.warning("poll deferred", extra={"reason": retry.reason, "retry_in_s": delay})
             return PollResult(user_id, "retry")
         except Exception as exc:  # noqa: BLE001 - one user's failure never stops the others
             delay = self._backoff(user_id, Retry("unexpected"))
-            log.error("poll failed", extra={"user_id": user_id, "error": type(exc).__name__, "retry_in_s": delay})
+            log.error("poll failed", extra={"error": type(exc).__name__, "retry_in_s": delay})
             return PollResult(user_id, "retry")
         if result.events:
-            log.info("poll detected", extra={"user_id": user_id, "events": len(result.events),
+            log.info("poll detected", extra={"events": len(result.events),
                                              "ms": round((time.monotonic() - started) * 1000, 1)})
         return result
 
@@ -187,7 +187,7 @@ class Poller:
             services.reschedule(self.engine, user_id, delay, retry.failed)
             return delay
         except Exception as exc:  # noqa: BLE001 - the lease brings the user back anyway
-            log.warning("rescheduling failed", extra={"user_id": user_id, "error": type(exc).__name__})
+            log.warning("rescheduling failed", extra={"error": type(exc).__name__})
             return self.lease_s
 
     def _poll(self, user_id: str) -> PollResult:

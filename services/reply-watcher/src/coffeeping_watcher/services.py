@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import forget_user, publish_in_tx
+from coffeeping.common.tombstones import bury
 from coffeeping_watcher.models import DETECTIONS, mailboxes, seen_messages, sent_messages, watches
 
 log = logging.getLogger(__name__)
@@ -126,23 +127,40 @@ def pause(conn: Connection, user_id: str) -> None:
 
 
 def resume(conn: Connection, user_id: str, payload: dict) -> None:
-    """``gmail.connected``: poll again at once (the cursor still holds, or a 404 re-checks)."""
-    values: dict = {"paused": False, "due_at": func.now(), "failures": 0}
+    """``gmail.connected``: poll again at once (the cursor still holds, or a 404 re-checks).
+
+    A different Google account is another mailbox: the old one's cursor, threads and message ids mean
+    nothing there, so everything the watcher knew of the user goes (the mailer stops the old account's
+    sequences with ``gmail_account_changed``).
+    """
     email = _text(payload, "email", required=False).lower()
+    known = conn.execute(select(mailboxes.c.email).where(mailboxes.c.user_id == user_id)).scalar_one_or_none()
+    if known and email and known.lower() != email:
+        forget_mailbox(conn, user_id)
+        log.info("gmail account changed; watcher state reset")
+        return
+    values: dict = {"paused": False, "due_at": func.now(), "failures": 0}
     if email:
         values["email"] = email
     conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(**values))
 
 
-def purge_user(conn: Connection, user_id: str, payload: dict) -> None:
-    """``account.deletion_requested``: delete every row of the user, then report ``account.purged``.
+def forget_mailbox(conn: Connection, user_id: str) -> dict[str, int]:
+    """Delete every row the watcher keeps about the user's mailbox; the counts per table."""
+    return {table.name: conn.execute(delete(table).where(table.c.user_id == user_id)).rowcount
+            for table in (watches, sent_messages, seen_messages, mailboxes)}
 
-    Idempotent: a second delivery deletes nothing and reports again (accounts counts a service once).
+
+def purge_user(conn: Connection, user_id: str, payload: dict, tombstone_key: bytes) -> None:
+    """``account.deletion_requested``: bury the user, delete every row, then report ``account.purged``.
+
+    The tombstone makes the consumer drop any later event of the user (a ``sequence.started`` relayed
+    after this purge would otherwise bring rows back). Idempotent: a second delivery deletes nothing
+    and reports again (accounts counts a service once).
     """
     deletion_id = _text(payload, "deletion_id")
-    counts = {}
-    for table in (watches, sent_messages, seen_messages, mailboxes):
-        counts[table.name] = conn.execute(delete(table).where(table.c.user_id == user_id)).rowcount
+    bury(conn, SCHEMA, tombstone_key, user_id)
+    counts = forget_mailbox(conn, user_id)
     # The dedupe records and relayed events of the user go too (the consumer runs in system scope).
     forget_user(conn, SCHEMA, user_id)
     publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": SERVICE})
