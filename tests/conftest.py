@@ -207,8 +207,12 @@ def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Itera
     config = StackConfig.ephemeral(var_dir, name, prefix)
     config.admin_url = pg_admin_url
     config.rabbitmq_url = amqp_url
+    # Short bounds, so that the fault tests see the deletion's draft cleanup give up, the revocation
+    # retried and the dead-letter queues swept within seconds.
     config.extra_env.update({"MAILER_SCHEDULER_INTERVAL_S": "0.5", "REPLY_WATCHER_POLL_INTERVAL_S": "1",
-                             "REPLY_WATCHER_TAKEOVER_GRACE_S": "3", "LOG_LEVEL": "INFO"})
+                             "REPLY_WATCHER_TAKEOVER_GRACE_S": "3", "LOG_LEVEL": "INFO",
+                             "MAILER_DRAFT_CLEANUP_S": "5", "VAULT_REVOKE_RETRY_CAP_S": "2",
+                             "DEAD_LETTER_SWEEP_S": "1"})
     running = Stack(config)
     try:
         running.start()
