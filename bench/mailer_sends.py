@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import email.policy
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from email.message import EmailMessage
 from pathlib import Path
 
 import psycopg
@@ -32,21 +30,13 @@ sys.path.insert(0, str(ROOT / "tests" / "mailer"))
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
 
 # The test suite's vault (sandbox-issued tokens over mTLS) and mailer process helpers.
-from conftest import MailerProcess, Vault, free_port  # noqa: E402
+from conftest import Vault  # noqa: E402
 from kombu import Connection  # noqa: E402
+from outreach_world import copy_outreach, raw_message, start_mailers  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
 from coffeeping.common.messaging import declare_topology  # noqa: E402
 from coffeeping_sandbox.server import start_sandbox  # noqa: E402
-
-
-def _raw(sender: str, to: str, subject: str, body: str, message_id: str, reply_to: str | None = None) -> bytes:
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = sender, to, subject, message_id
-    if reply_to:
-        msg["In-Reply-To"] = msg["References"] = reply_to
-    msg.set_content(body)
-    return msg.as_bytes()
 
 
 def main() -> None:
@@ -69,7 +59,6 @@ def main() -> None:
     admin_db = args.admin_url.rsplit("/", 1)[0] + f"/{database}"
     import logging
 
-    from bootstrap_db import role_url
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per sandbox request costs CPU here
     sandbox = start_sandbox()
@@ -104,8 +93,8 @@ def main() -> None:
             for k in range(args.per_user):
                 to = f"contact{u:05d}.{k}@example.com"
                 first_rfc, follow_rfc = f"<cp.{uuid.uuid4().hex}@gmail.com>", f"<cp.{uuid.uuid4().hex}@gmail.com>"
-                sent = box.add_message(_raw(sender, to, "Hello", "First", first_rfc), ["SENT"], None)
-                draft = box.create_draft(_raw(sender, to, "Re: Hello", "Follow-up", follow_rfc, first_rfc),
+                sent = box.add_message(raw_message(sender, to, "Hello", "First", first_rfc), ["SENT"], None)
+                draft = box.create_draft(raw_message(sender, to, "Re: Hello", "Follow-up", follow_rfc, first_rfc),
                                          sent.thread_id)
                 contact_id, seq_id, first_id, follow_id = (str(uuid.uuid4()) for _ in range(4))
                 contacts.append((contact_id, user_id, to, to))
@@ -119,22 +108,7 @@ def main() -> None:
                                draft.id, draft.message_id, None, None, None, follow_due))
                 jobs.append((follow_id, seq_id, user_id, follow_due))
                 expected[follow_id] = (sender, sent.thread_id)
-    with psycopg.connect(admin_db) as conn:
-        with conn.cursor().copy("COPY mailer.contacts (id, user_id, email, email_key) FROM STDIN") as copy:
-            for row in contacts:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.sequences (id, user_id, contact_id, subject, status, to_email, "
-                                "user_email, thread_id, started_at) FROM STDIN") as copy:
-            for row in sequences:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.steps (id, user_id, sequence_id, position, body, sent_body, delay, "
-                                "status, rfc_message_id, draft_id, draft_message_id, gmail_message_id, thread_id, "
-                                "sent_at, due_at) FROM STDIN") as copy:
-            for row in steps:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.jobs (step_id, sequence_id, user_id, due_at) FROM STDIN") as copy:
-            for row in jobs:
-                copy.write_row(row)
+    copy_outreach(admin_db, contacts, sequences, steps, jobs)
     print(f"setup took {time.perf_counter() - started:.1f}s", flush=True)
 
     # Nothing is due while the mailers start (a day ahead); everything falls due at once when they all
@@ -144,21 +118,10 @@ def main() -> None:
         conn.execute("UPDATE mailer.steps SET due_at = due_at + %s WHERE position = 1", (ahead,))
         conn.execute("UPDATE mailer.jobs SET due_at = due_at + %s", (ahead,))
     sandbox.control.set_latency(args.latency_ms / 1000.0)
-    import os
-
-    procs = []
     total = len(jobs)
-    for i in range(args.processes):
-        port = free_port()
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), "PYTHONUNBUFFERED": "1",
-               "DATABASE_URL": role_url(args.admin_url, database, "cp_mailer"), "GRPC_PORT": str(port),
-               "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
-               "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": args.amqp_url, "MESSAGING_PREFIX": prefix,
-               "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,
-               "VAULT_GRPC_ADDR": f"127.0.0.1:{vault_port}", "GMAIL_API_ENDPOINT": sandbox.google_url,
-               "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(args.workers),
-               "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
-        procs.append(MailerProcess(env, var / f"mailer-{i}.log").start())
+    procs = start_mailers(args.processes, admin_url=args.admin_url, database=database, certs=certs,
+                          amqp_url=args.amqp_url, prefix=prefix, vault_port=vault_port,
+                          gmail_url=sandbox.google_url, workers=args.workers, var=var)
     time.sleep(1.0)  # past the gRPC port opening, the schedulers are up
     with psycopg.connect(admin_db, autocommit=True) as conn:
         shift = dt.datetime.now(dt.UTC) - (due + ahead)

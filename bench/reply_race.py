@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import random
 import statistics
 import sys
@@ -58,12 +57,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "deploy"))
 sys.path.insert(0, str(ROOT / "tests" / "mailer"))
 
-from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
+from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
 
 # The test suite's vault (sandbox-issued tokens over mTLS) and mailer process helpers, as mailer_sends uses.
-from conftest import MailerProcess, Vault, free_port  # noqa: E402
+from conftest import MailerProcess, Vault  # noqa: E402
 from kombu import Connection  # noqa: E402
-from mailer_sends import _raw  # noqa: E402
+from outreach_world import copy_outreach, raw_message, start_mailers  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
 from coffeeping.common.messaging import declare_topology  # noqa: E402
@@ -139,8 +138,8 @@ def _seed(sandbox: Any, vault: Vault, admin_db: str, args: argparse.Namespace, r
         first_rfc, follow_rfc = f"<cp.{uuid.uuid4().hex}@gmail.com>", f"<cp.{uuid.uuid4().hex}@gmail.com>"
         with sandbox.gmail._lock:
             box = sandbox.gmail._mailbox(sender)
-            sent = box.add_message(_raw(sender, to, "Coffee?", "First", first_rfc), ["SENT"], None)
-            draft = box.create_draft(_raw(sender, to, "Re: Coffee?", "Follow-up", follow_rfc, first_rfc),
+            sent = box.add_message(raw_message(sender, to, "Coffee?", "First", first_rfc), ["SENT"], None)
+            draft = box.create_draft(raw_message(sender, to, "Re: Coffee?", "Follow-up", follow_rfc, first_rfc),
                                      sent.thread_id)
         contact_id, seq_id, first_id, follow_id = (str(uuid.uuid4()) for _ in range(4))
         offset_s = args.spread_s * slots[u] / n
@@ -154,22 +153,7 @@ def _seed(sandbox: Any, vault: Vault, admin_db: str, args: argparse.Namespace, r
         jobs.append((follow_id, seq_id, user_id, due))
         convs.append(Conversation(user_id, sender, to, sent.thread_id, sent.id, seq_id, follow_id, offset_s,
                                   rng.uniform(-args.reply_before_s, args.reply_after_s)))
-    with psycopg.connect(admin_db) as conn:
-        with conn.cursor().copy("COPY mailer.contacts (id, user_id, email, email_key) FROM STDIN") as copy:
-            for row in contacts:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.sequences (id, user_id, contact_id, subject, status, to_email, "
-                                "user_email, thread_id, started_at) FROM STDIN") as copy:
-            for row in sequences:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.steps (id, user_id, sequence_id, position, body, sent_body, delay, "
-                                "status, rfc_message_id, draft_id, draft_message_id, gmail_message_id, thread_id, "
-                                "sent_at, due_at) FROM STDIN") as copy:
-            for row in steps:
-                copy.write_row(row)
-        with conn.cursor().copy("COPY mailer.jobs (step_id, sequence_id, user_id, due_at) FROM STDIN") as copy:
-            for row in jobs:
-                copy.write_row(row)
+    copy_outreach(admin_db, contacts, sequences, steps, jobs)
     return convs
 
 
@@ -255,18 +239,9 @@ def main() -> None:
         print(f"setup took {time.perf_counter() - t0:.1f}s", flush=True)
 
         sandbox.control.set_latency(args.latency_ms / 1000.0)
-        for i in range(args.processes):
-            port = free_port()
-            env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-                   "PYTHONUNBUFFERED": "1",
-                   "DATABASE_URL": role_url(args.admin_url, database, "cp_mailer"), "GRPC_PORT": str(port),
-                   "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
-                   "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": args.amqp_url,
-                   "MESSAGING_PREFIX": prefix, "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,
-                   "VAULT_GRPC_ADDR": f"127.0.0.1:{vault_port}", "GMAIL_API_ENDPOINT": sandbox.google_url,
-                   "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(args.workers),
-                   "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
-            procs.append(MailerProcess(env, var / f"mailer-{i}.log").start())
+        procs += start_mailers(args.processes, admin_url=args.admin_url, database=database, certs=certs,
+                               amqp_url=args.amqp_url, prefix=prefix, vault_port=vault_port,
+                               gmail_url=sandbox.google_url, workers=args.workers, var=var)
         time.sleep(1.0)  # past the gRPC port opening, the schedulers are up
 
         # The follow-ups fall due from base + lead; the due times are read back from the database.
