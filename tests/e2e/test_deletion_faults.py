@@ -331,3 +331,39 @@ def test_a_reply_landing_during_the_pre_send_check_stops_the_follow_up(stack):
     assert shown["stop_reason"] == "replied"
     assert gmail_calls(stack, email, ("gmail.drafts.send",)) == []
     assert wait_until(lambda: drafts_in(stack, email) == [], timeout=30)
+
+
+# -- stopping when the thread or the account goes ------------------------------------------------------
+
+
+def started_sequence(stack, http, tag: str, follow_up_in_s: float) -> tuple[str, str, str]:
+    """A connected user with a sequence whose first email is sent; (email, sequence id, thread id)."""
+    email = f"{tag}.{uuid.uuid4().hex[:8]}@gmail.com"
+    connect_gmail(stack, http, email)
+    contact = add_contact(http, f"{tag}.{uuid.uuid4().hex[:6]}@example.com")
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=follow_up_in_s)).isoformat()
+    created = http.post("/v1/sequences", json={"contact_id": contact, "subject": "Coffee?", "body": "Hi",
+                                               "follow_ups": [{"body": "Bump", "send_at": at}]})
+    sequence = created.json()["id"]
+    assert http.post(f"/v1/sequences/{sequence}/send").status_code == 202
+    assert wait_until(lambda: http.get(f"/v1/sequences/{sequence}").json()["thread_id"], timeout=30)
+    return email, sequence, http.get(f"/v1/sequences/{sequence}").json()["thread_id"]
+
+
+def test_a_thread_deleted_in_gmail_stops_its_sequence_instead_of_retrying_forever(stack):
+    http = stack.session(new_user("gone"))
+    email, sequence, thread = started_sequence(stack, http, "gone", follow_up_in_s=3)
+    requests.post(f"{stack.google}/_sandbox/gmail/threads/delete", json={"user": email, "thread_id": thread},
+                  timeout=10).raise_for_status()
+    assert wait_until(lambda: http.get(f"/v1/sequences/{sequence}").json()["status"] == "stopped", timeout=30)
+    assert http.get(f"/v1/sequences/{sequence}").json()["stop_reason"] == "thread_deleted"
+    assert gmail_calls(stack, email, ("gmail.drafts.send",)) == []
+
+
+def test_connecting_another_google_account_stops_the_old_accounts_sequences(stack):
+    http = stack.session(new_user("switch"))
+    _, sequence, _ = started_sequence(stack, http, "switch", follow_up_in_s=3600)
+    assert http.delete("/v1/gmail").status_code == 204
+    connect_gmail(stack, http, f"switch.other.{uuid.uuid4().hex[:8]}@gmail.com")
+    assert wait_until(lambda: http.get(f"/v1/sequences/{sequence}").json()["status"] == "stopped", timeout=30)
+    assert http.get(f"/v1/sequences/{sequence}").json()["stop_reason"] == "gmail_account_changed"

@@ -874,6 +874,19 @@ class GmailSandbox:
                 raise LookupError(f"no draft {draft_id} for {mb.email}")
             mb.delete_draft(draft)
 
+    def delete_thread(self, user: str, thread_id: str) -> dict[str, Any]:
+        """The user deletes a whole thread in Gmail (forever): its messages and the drafts in it."""
+        with self._lock:
+            mb = self._mailbox(user)
+            ids = list(mb.threads.get(thread_id, []))
+            if not ids:
+                raise LookupError(f"no thread {thread_id} for {mb.email}")
+            for draft in [d for d in mb.drafts.values() if d.message_id in ids]:
+                mb.delete_draft(draft)
+            for mid in [m for m in ids if m in mb.messages]:
+                mb.delete_message(mid)
+            return {"deleted": len(ids)}
+
     def modify_labels(
         self, user: str, message_id: str, add: list[str] | None = None, remove: list[str] | None = None
     ) -> dict[str, Any]:
@@ -1048,6 +1061,7 @@ class GmailSandbox:
                 lambda d: self.edit_draft(req(d, "user"), req(d, "draft_id"), d.get("body") or ""),
             ),
             "drafts/delete": ("POST", lambda d: self.delete_draft(req(d, "user"), req(d, "draft_id"))),
+            "threads/delete": ("POST", lambda d: self.delete_thread(req(d, "user"), req(d, "thread_id"))),
             "labels": (
                 "POST",
                 lambda d: self.modify_labels(
