@@ -72,7 +72,7 @@ def _connect_gmail(config: StackConfig, http: requests.Session, email: str) -> N
 
 
 def _seed(config: StackConfig, user_id: str, contacts: int, steps: int, body_bytes: int) -> None:
-    url = role_url(config.admin_url, config.database, "cp_mailer").replace("postgresql+psycopg", "postgresql")
+    url = role_url(config.admin_url, config.database, "cp_mailer", dev=True).replace("postgresql+psycopg", "postgresql")
     body = ("Hello {first}, " + "lorem ipsum dolor sit amet " * (body_bytes // 27 + 1))[:body_bytes]
     per_sequence = max(1, steps // contacts)
     extra = steps - per_sequence * contacts

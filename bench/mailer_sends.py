@@ -55,7 +55,7 @@ def main() -> None:
     certs = ensure(var / "certs")
     database = f"cp_bench_{uuid.uuid4().hex[:8]}"
     prefix = f"cpbench{uuid.uuid4().hex[:8]}"
-    bootstrap(args.admin_url, database)
+    bootstrap(args.admin_url, database, dev=True)
     admin_db = args.admin_url.rsplit("/", 1)[0] + f"/{database}"
     import logging
 

@@ -52,7 +52,7 @@ def start_mailers(count: int, *, admin_url: str, database: str, certs: Path, amq
     procs = []
     for i in range(count):
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), "PYTHONUNBUFFERED": "1",
-               "DATABASE_URL": role_url(admin_url, database, "cp_mailer"), "GRPC_PORT": str(free_port()),
+               "DATABASE_URL": role_url(admin_url, database, "cp_mailer", dev=True), "GRPC_PORT": str(free_port()),
                "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
                "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": amqp_url, "MESSAGING_PREFIX": prefix,
                "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,

@@ -211,7 +211,7 @@ def main() -> None:
     stop = threading.Event()
     replier: threading.Thread | None = None
     try:
-        bootstrap(args.admin_url, database)
+        bootstrap(args.admin_url, database, dev=True)
         sandbox = start_sandbox()
         sandbox.gmail.set_rate_limit(250.0)  # Gmail's per-user rate, as in production
         reads = Reads()

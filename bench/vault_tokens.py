@@ -127,9 +127,9 @@ def main() -> int:
 
     name = f"cp_vaultbench_{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="vault-bench-"))
-    bootstrap(args.admin_url, name)
+    bootstrap(args.admin_url, name, dev=True)
     base = args.admin_url.rsplit("/", 1)[0]
-    db = VaultDb(name, f"{base}/{name}", role_url(args.admin_url, name, "cp_vault"))
+    db = VaultDb(name, f"{base}/{name}", role_url(args.admin_url, name, "cp_vault", dev=True))
     sandbox = start_sandbox(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])])
     h = VaultHarness(db, sandbox, ensure(workdir / "certs"), f"cpvaultbench{uuid.uuid4().hex[:8]}", args.amqp_url,
                      workdir)

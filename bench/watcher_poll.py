@@ -61,11 +61,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cp-bench-"))
     certs = ensure(work / "certs")
     print(f"setting up: {args.users} users x {args.threads} threads, database {db_name}", flush=True)
-    bootstrap(args.admin_url, db_name)
+    bootstrap(args.admin_url, db_name, dev=True)
     sandbox = start_sandbox()
     sandbox.gmail.set_rate_limit(None)
     double, vault_server = start_vault_double(sandbox, certs)
-    engine = make_engine(role_url(args.admin_url, db_name, "cp_watcher"), pool_size=args.concurrency + 4)
+    engine = make_engine(role_url(args.admin_url, db_name, "cp_watcher", dev=True), pool_size=args.concurrency + 4)
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(
         channel(f"127.0.0.1:{vault_server.port}", tls_for(certs, "reply-watcher"))))
     admin = args.admin_url.rsplit("/", 1)[0] + f"/{db_name}"

@@ -21,6 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
+from bootstrap_broker import (  # noqa: E402
+    DEFAULT_MANAGEMENT_URL,
+    LOGINS,
+    bootstrap_broker,
+    password_variable,
+    service_url,
+)
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
 
 SERVICES = {
@@ -56,6 +63,7 @@ def dev_secrets(path: Path) -> dict[str, str]:
         "GOOGLE_CLIENT_SECRET": lambda: "dev-" + secrets.token_urlsafe(24),
         "GMAIL_PUSH_TOKEN": lambda: secrets.token_urlsafe(24),
         "TOMBSTONE_KEY": lambda: secrets.token_urlsafe(48),
+        **{password_variable(login): (lambda: secrets.token_urlsafe(24)) for login in LOGINS},
     }
     changed = False
     for key, make in wanted.items():
@@ -75,7 +83,11 @@ class StackConfig:
     var_dir: Path = ROOT / "var"
     database: str = "coffeeping"
     admin_url: str = os.environ.get("ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL)
+    # The broker's host and port (its credentials are not used: each service gets its own login on the
+    # deployment's vhost, created through the management API by ``bootstrap_broker``).
     rabbitmq_url: str = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    rabbitmq_management_url: str = os.environ.get("RABBITMQ_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL)
+    rabbitmq_vhost: str = os.environ.get("RABBITMQ_VHOST", "coffeeping")
     messaging_prefix: str = "coffeeping"
     sandbox: bool = os.environ.get("COFFEEPING_SANDBOX", "on") != "off"
     ports: dict[str, int] = field(default_factory=lambda: {k: v[2] for k, v in SERVICES.items()})
@@ -90,6 +102,7 @@ class StackConfig:
             var_dir=var_dir,
             database=database,
             messaging_prefix=prefix,
+            rabbitmq_vhost=prefix,
             ports={name: free_port() for name in SERVICES},
             sandbox_ports={name: free_port() for name in SANDBOX_PORTS},
             log_dir=var_dir / "logs",
@@ -137,7 +150,6 @@ class StackConfig:
             "TLS_CA_CERT": str(certs / "ca.pem"),
             "TLS_CERT": str(certs / f"{service}.pem"),
             "TLS_KEY": str(certs / f"{service}-key.pem"),
-            "RABBITMQ_URL": self.rabbitmq_url,
             "MESSAGING_PREFIX": self.messaging_prefix,
             "ACCOUNTS_GRPC_ADDR": f"127.0.0.1:{self.ports['accounts']}",
             "VAULT_GRPC_ADDR": f"127.0.0.1:{self.ports['token-vault']}",
@@ -157,12 +169,24 @@ class StackConfig:
             # Point the services at whatever the operator's environment names.
             env.update({k: v for k, v in os.environ.items() if k not in env or k in self.sandbox_env()})
         if schema:
-            env["DATABASE_URL"] = role_url(self.admin_url, self.database, f"cp_{schema}")
+            env["RABBITMQ_URL"] = self.broker_url(service)
+            # Development: the roles' passwords default to <role>-dev-password (deploy/bootstrap_db.py).
+            env["DATABASE_URL"] = role_url(self.admin_url, self.database, f"cp_{schema}", dev=True)
             env["GRPC_PORT"] = str(self.ports[service])
         else:
             env["GATEWAY_PORT"] = str(self.ports[service])
         env.update(self.extra_env)
         return env
+
+
+    def broker_passwords(self) -> dict[str, str]:
+        secrets_ = dev_secrets(self.var_dir / "dev-secrets.env")
+        return {login: secrets_[password_variable(login)] for login in LOGINS}
+
+    def broker_url(self, service: str) -> str:
+        """The service's own login on the deployment's vhost."""
+        return service_url(self.rabbitmq_url, self.rabbitmq_vhost, self.messaging_prefix, service,
+                           self.broker_passwords()[service])
 
 
 class Stack:
@@ -176,7 +200,9 @@ class Stack:
 
         ensure(self.config.var_dir / "certs")
         dev_secrets(self.config.var_dir / "dev-secrets.env")
-        bootstrap(self.config.admin_url, self.config.database)
+        bootstrap(self.config.admin_url, self.config.database, dev=True)
+        bootstrap_broker(self.config.rabbitmq_management_url, self.config.rabbitmq_vhost,
+                         self.config.messaging_prefix, self.config.broker_passwords())
 
     def _output(self, name: str) -> int | object:
         if self.config.log_dir is None:

@@ -24,6 +24,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
+from bootstrap_broker import bootstrap_broker, delete_broker  # noqa: E402
 from bootstrap_db import DEFAULT_ADMIN_URL, SCHEMAS, bootstrap, role_url  # noqa: E402
 from stack import Stack, StackConfig  # noqa: E402
 
@@ -78,10 +79,10 @@ class Database:
     server_admin_url: str
 
     def app_url(self, schema: str) -> str:
-        return role_url(self.server_admin_url, self.name, f"cp_{schema}")
+        return role_url(self.server_admin_url, self.name, f"cp_{schema}", dev=True)
 
     def owner_url(self, schema: str) -> str:
-        return role_url(self.server_admin_url, self.name, f"cp_{schema}_owner")
+        return role_url(self.server_admin_url, self.name, f"cp_{schema}_owner", dev=True)
 
 
 def _drop_database(admin_url: str, name: str) -> None:
@@ -93,7 +94,7 @@ def _drop_database(admin_url: str, name: str) -> None:
 def database(pg_admin_url: str) -> Iterator[Database]:
     """A fresh database with every service's schema, roles and migrations."""
     name = f"cp_test_{uuid.uuid4().hex[:10]}"
-    bootstrap(pg_admin_url, name)
+    bootstrap(pg_admin_url, name, dev=True)
     base = pg_admin_url.rsplit("/", 1)[0]
     try:
         yield Database(name, f"{base}/{name}", pg_admin_url)
@@ -106,7 +107,7 @@ def isolated_database(pg_admin_url: str) -> Iterator[Database]:
     """A second database, for tests that run relays or consumers in process: the shared
     ``database`` is also served by the ``stack``'s services, whose relays would take their outbox rows."""
     name = f"cp_test_{uuid.uuid4().hex[:10]}"
-    bootstrap(pg_admin_url, name)
+    bootstrap(pg_admin_url, name, dev=True)
     base = pg_admin_url.rsplit("/", 1)[0]
     try:
         yield Database(name, f"{base}/{name}", pg_admin_url)
@@ -200,7 +201,7 @@ def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Itera
     messages.
     """
     name = f"cp_stack_{uuid.uuid4().hex[:10]}"
-    bootstrap(pg_admin_url, name)
+    bootstrap(pg_admin_url, name, dev=True)
     base = pg_admin_url.rsplit("/", 1)[0]
     database = Database(name, f"{base}/{name}", pg_admin_url)
     prefix = f"cpstack{uuid.uuid4().hex[:8]}"
@@ -215,12 +216,20 @@ def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Itera
                              "DEAD_LETTER_SWEEP_S": "1"})
     running = Stack(config)
     try:
+        bootstrap_broker(config.rabbitmq_management_url, config.rabbitmq_vhost, prefix, config.broker_passwords())
         running.start()
         yield RunningStack(running, config, database)
     finally:
         running.stop()
-        _delete_messaging(amqp_url, prefix)
+        with contextlib.suppress(Exception):
+            delete_broker(config.rabbitmq_management_url, config.rabbitmq_vhost, prefix)
         _drop_database(pg_admin_url, name)
+
+
+def signed_by(login: str):  # type: ignore[no-untyped-def]
+    """A consumer's sender check for tests that run their relay and consumer in process as one login
+    (``guest`` on the shared vhost): every event signed by that login is accepted."""
+    return lambda _event_type, sender, _claimed: sender == login
 
 
 def all_schemas() -> list[str]:

@@ -22,6 +22,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from coffeeping.common.db import make_engine
 from coffeeping.common.messaging import Consumer, OutboxRelay, delete_topology, make_envelope
 from coffeeping_accounts import deletions
+from tests.conftest import signed_by
 
 OTHERS = "cpacctest-others"  # the queue suffix the test listens on as "the other services"
 
@@ -79,7 +80,7 @@ class Broker:
                                                                   durable=True), auto_declare=False)
             producer.publish(json.dumps(envelope).encode(), routing_key=event_type, mandatory=True,
                              content_type="application/json", content_encoding="utf-8",
-                             message_id=envelope["id"], retry=False)
+                             message_id=envelope["id"], user_id="guest", retry=False)
         return str(envelope["id"])
 
 
@@ -104,7 +105,7 @@ def saga(accounts_engine, broker: Broker) -> Iterator[Consumer]:
     relay = OutboxRelay(accounts_engine, deletions.SCHEMA, broker.url, broker.prefix)
     consumer = Consumer(broker.url, broker.prefix, "accounts", deletions.CONSUMED, accounts_engine,
                         deletions.SCHEMA, deletions.make_handler(TOMBSTONE_KEY), retry_base=0.05, retry_cap=0.2,
-                        tombstone_key=TOMBSTONE_KEY)
+                        tombstone_key=TOMBSTONE_KEY, senders=signed_by("guest"))
     threads = [threading.Thread(target=relay.run_forever, args=(stop,), daemon=True),
                threading.Thread(target=consumer.run, args=(stop,), daemon=True)]
     for thread in threads:

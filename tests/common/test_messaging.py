@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -30,11 +31,15 @@ from coffeeping.common.messaging import (
     publish_in_tx,
     requeue_dead_letters,
 )
+from tests.conftest import signed_by
 
 pytestmark = pytest.mark.timeout(60)
 
 USER = "user_2abcDEF"
 SECRET_SUBJECT = "Quarterly salary review for Alice"  # must never appear in a log line
+
+# Relay and consumers run in this process as ``guest``: the sender check accepts what guest signed.
+GuestConsumer = functools.partial(Consumer, senders=signed_by("guest"))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.05) -> bool:
@@ -131,8 +136,8 @@ def test_committed_event_is_delivered_once_to_each_bound_service(engine, msg_db,
         request_ids.append(current_request_id())
         inner(conn, event)
 
-    a = Consumer(amqp_url, prefix, "mailer", ["account.deleted"], engine, "svc", handler_a)
-    b = Consumer(amqp_url, prefix, "vault", ["account.*"], engine, "svc2", note_handler("svc2", seen_b))
+    a = GuestConsumer(amqp_url, prefix, "mailer", ["account.deleted"], engine, "svc", handler_a)
+    b = GuestConsumer(amqp_url, prefix, "vault", ["account.*"], engine, "svc2", note_handler("svc2", seen_b))
     relay = OutboxRelay(engine, "svc", amqp_url, prefix)
     with running(a.run), running(b.run):
         assert a.connected.wait(10) and b.connected.wait(10)
@@ -207,7 +212,7 @@ def test_duplicate_delivery_applies_once(engine, msg_db, prefix, amqp_url, caplo
     finally:
         relay.close()
     assert queue_depth(amqp_url, f"{prefix}.mailer") == 2
-    consumer = Consumer(amqp_url, prefix, "mailer", ["reply.detected"], engine, "svc", note_handler("svc"))
+    consumer = GuestConsumer(amqp_url, prefix, "mailer", ["reply.detected"], engine, "svc", note_handler("svc"))
     with running(consumer.run):
         assert wait_until(lambda: any(r.getMessage() == "duplicate event skipped" for r in caplog.records))
     assert notes(msg_db) == 1
@@ -230,7 +235,7 @@ def handler(conn, event):
 
 engine = make_engine(os.environ["APP_URL"])
 Consumer(os.environ["AMQP_URL"], os.environ["PREFIX"], "mailer", ["contact.deleted"], engine, "svc",
-         handler).run(threading.Event())
+         handler, senders=lambda _t, sender, _c: sender == "guest").run(threading.Event())
 """
 
 
@@ -259,7 +264,7 @@ def test_killed_consumer_gets_the_message_again_and_applies_it_once(engine, msg_
             proc.kill()
             proc.wait(10)
     seen: list[dict] = []
-    consumer = Consumer(amqp_url, prefix, "mailer", ["contact.deleted"], engine, "svc", note_handler("svc", seen))
+    consumer = GuestConsumer(amqp_url, prefix, "mailer", ["contact.deleted"], engine, "svc", note_handler("svc", seen))
     with running(consumer.run):
         assert wait_until(lambda: notes(msg_db) == 1, 20)
         assert wait_until(lambda: queue_depth(amqp_url, f"{prefix}.mailer") == 0)
@@ -276,7 +281,7 @@ def test_poison_message_is_dead_lettered_after_the_limit_and_can_be_requeued(eng
     broken = threading.Event()
     broken.set()
     seen: list[dict] = []
-    consumer = Consumer(
+    consumer = GuestConsumer(
         amqp_url, prefix, "mailer", ["draft.poison"], engine, "svc",
         note_handler("svc", seen, fail=lambda e: broken.is_set()), retry_base=0.01, retry_cap=0.05,
     )
@@ -312,7 +317,7 @@ def test_poison_message_is_dead_lettered_after_the_limit_and_can_be_requeued(eng
 def test_malformed_message_is_dead_lettered_at_once(engine, msg_db, prefix, amqp_url):
     """Not-JSON and envelope-less messages go to the dead-letter queue on first delivery."""
     seen: list[dict] = []
-    consumer = Consumer(amqp_url, prefix, "mailer", ["junk.#"], engine, "svc", note_handler("svc", seen))
+    consumer = GuestConsumer(amqp_url, prefix, "mailer", ["junk.#"], engine, "svc", note_handler("svc", seen))
     with running(consumer.run):
         assert consumer.connected.wait(10)
         with Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
@@ -351,7 +356,7 @@ def _rabbitmqctl(*args: str) -> None:
 def test_broker_outage_loses_nothing(engine, msg_db, prefix, amqp_url):
     """Events committed while RabbitMQ is stopped wait in the outbox; once it is back the relay and
     the consumer reconnect and every event is applied exactly once."""
-    consumer = Consumer(amqp_url, prefix, "mailer", ["outage.#"], engine, "svc", note_handler("svc"),
+    consumer = GuestConsumer(amqp_url, prefix, "mailer", ["outage.#"], engine, "svc", note_handler("svc"),
                         reconnect_cap=1.0)
     relay = OutboxRelay(engine, "svc", amqp_url, prefix, max_backoff=1.0)
     ids = []

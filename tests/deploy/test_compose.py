@@ -2,6 +2,9 @@
 
 The compose file must run the same system as ``deploy/stack.py``: the same settings for every service,
 health checks everywhere, and start-up ordered by ``depends_on`` conditions that name real services.
+And each container holds only what it needs: its own certificate and key, the CA certificate (never the
+CA key) and its own secrets, from its own folder of the ``devstate`` volume, which the bootstrap writes
+(``deploy/bootstrap_db.py --dev --dev-state``; the tests below run that code into a temporary folder).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from ruamel.yaml import YAML
@@ -20,7 +24,15 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from stack import SERVICES, dev_secrets  # noqa: E402
+from bootstrap_db import (  # noqa: E402
+    BACKEND_SCHEMAS,
+    CONTAINER_SECRETS,
+    MTLS_CONTAINERS,
+    password_variable,
+    roles,
+    write_dev_state,
+)
+from stack import SERVICES, StackConfig  # noqa: E402
 
 # compose service name -> (folder with its Dockerfile, module its CMD runs)
 IMAGES = {
@@ -34,6 +46,8 @@ IMAGES = {
 ONE_SHOT = {"bootstrap"}
 # Set by the image itself, or only meaningful for child processes on this machine.
 PROCESS_ONLY = {"PATH", "HOME", "PYTHONUNBUFFERED"}
+STATE = "/var/lib/coffeeping"  # the bootstrap's view of the devstate volume
+OWN = "/etc/coffeeping"  # where every other container mounts its own folder of it
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +58,43 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def bootstrap_env(services: dict[str, Any]) -> dict[str, str]:
+    return services["bootstrap"]["environment"]
+
+
+@pytest.fixture(scope="module")
+def dev_state(tmp_path_factory: pytest.TempPathFactory, bootstrap_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """What the compose bootstrap writes into the devstate volume, with the bootstrap's own settings."""
+    state = tmp_path_factory.mktemp("devstate")
+    values = write_dev_state(state, bootstrap_env["ADMIN_DATABASE_URL"], bootstrap_env["COFFEEPING_DB"],
+                             bootstrap_env["RABBITMQ_URL"], bootstrap_env["RABBITMQ_VHOST"],
+                             bootstrap_env["MESSAGING_PREFIX"])
+    return state, values
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """A secrets.env as the container's shell sources it."""
+    found = {}
+    for line in path.read_text().splitlines():
+        (assignment,) = shlex.split(line)
+        key, _, value = assignment.partition("=")
+        found[key] = value
+    return found
+
+
+def devstate_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every mount of the devstate volume, in long syntax."""
+    mounts = []
+    for volume in spec.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            volume = {"type": "volume", "source": source, "target": target, "read_only": mode == ["ro"]}
+        if volume.get("source") == "devstate":
+            mounts.append(volume)
+    return mounts
 
 
 def dockerfile(folder: str) -> str:
@@ -149,34 +200,164 @@ def test_grpc_images_carry_the_health_probe_their_healthcheck_runs(services):
         assert services[name]["healthcheck"]["test"] == ["CMD", "python", "/app/grpc_health_probe.py"]
 
 
-def test_each_service_gets_every_setting_the_run_command_gives_it(services, tmp_path):
-    secrets = set(dev_secrets(tmp_path / "dev-secrets.env"))
+def test_each_service_gets_every_setting_the_run_command_gives_it(services, dev_state, tmp_path):
+    _state, generated = dev_state
     for name in SERVICES:
-        from stack import StackConfig
-
-        wanted = set(StackConfig(var_dir=tmp_path).env(name)) - PROCESS_ONLY
+        local = set(StackConfig(var_dir=tmp_path).env(name)) - PROCESS_ONLY
+        # The local stack hands every process every generated secret; a container gets its own only.
+        wanted = (local - set(generated)) | (local & set(CONTAINER_SECRETS[name]))
         env = services[name]["environment"]
-        provided = set(env) | secrets
+        own = set(read_secrets(_state / name / "secrets.env"))
+        provided = set(env) | own
         assert wanted <= provided, f"{name} lacks {sorted(wanted - provided)}"
-        # Secrets come from the generated file, never from the compose file itself.
-        assert not secrets & set(env), f"{name} inlines {sorted(secrets & set(env))}"
-        assert "dev-secrets.env" in " ".join(services[name]["entrypoint"])
+        # Secrets and URLs with passwords come from the container's own secrets.env, never from the
+        # compose file itself.
+        inlined = (set(generated) | {"DATABASE_URL", "RABBITMQ_URL"}) & set(env)
+        assert not inlined, f"{name} inlines {sorted(inlined)}"
 
 
-def test_service_addresses_certificates_and_databases_point_at_the_right_containers(services):
+def test_service_addresses_and_certificates_point_at_the_right_containers_and_files(services):
     ports = {name: services[name]["environment"].get("GRPC_PORT") for name in SERVICES}
     env = services["auth-gateway"]["environment"]
     for variable, target in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("VAULT_GRPC_ADDR", "token-vault"),
                              ("MAILER_GRPC_ADDR", "mailer"), ("WATCHER_GRPC_ADDR", "reply-watcher")):
         # The host name must be the service name: it is a SAN of that service's certificate.
         assert env[variable] == f"{target}:{ports[target]}"
-    for name, (_module, schema, _port) in SERVICES.items():
+    for name in SERVICES:
         service_env = services[name]["environment"]
-        assert service_env["TLS_CERT"].endswith(f"/certs/{name}.pem")
-        assert service_env["TLS_KEY"].endswith(f"/certs/{name}-key.pem")
-        if schema:
-            assert service_env["DATABASE_URL"].startswith(f"postgresql://cp_{schema}:")
-            assert service_env["DATABASE_URL"].endswith("@postgres:5432/coffeeping")
+        # Its own folder holds its own certificate under these names (see the dev-state tests).
+        assert (service_env["TLS_CA_CERT"], service_env["TLS_CERT"], service_env["TLS_KEY"]) == (
+            f"{OWN}/ca.crt", f"{OWN}/tls.crt", f"{OWN}/tls.key")
+
+
+def test_only_the_bootstrap_mounts_the_whole_devstate_volume(services):
+    (mount,) = devstate_mounts(services["bootstrap"])
+    assert mount["target"] == STATE and not mount.get("volume", {}).get("subpath")
+    for name, spec in services.items():
+        if name == "bootstrap":
+            continue
+        for mount in devstate_mounts(spec):
+            # Its own folder only, read-only: never certs/ (the CA key) or dev-secrets.env (every secret).
+            assert mount["type"] == "volume", name
+            assert mount.get("volume", {}).get("subpath") == name, f"{name} mounts {mount}"
+            assert mount["read_only"] is True, name
+            assert mount["target"] == OWN, name
+
+
+def test_every_container_with_secrets_sources_its_own_secrets_file_and_nothing_else(services):
+    for name in CONTAINER_SECRETS:
+        spec = services[name]
+        (mount,) = devstate_mounts(spec)
+        assert mount["volume"]["subpath"] == name
+        entrypoint = spec["entrypoint"]
+        assert entrypoint[:2] == ["/bin/sh", "-c"]
+        script = entrypoint[2]
+        assert re.findall(r"\.\s+(\S+)", script) == [f"{OWN}/secrets.env"], script
+        assert STATE not in " ".join(entrypoint) and "dev-secrets.env" not in " ".join(entrypoint)
+
+
+def test_the_dev_state_gives_each_container_its_own_certificate_and_the_ca_certificate_never_the_ca_key(dev_state):
+    state, _ = dev_state
+    certs = state / "certs"
+    ca_key = (certs / "ca-key.pem").read_bytes()
+    other_keys = {path.name: path.read_bytes() for path in certs.glob("*-key.pem")}
+    for container in CONTAINER_SECRETS:
+        folder = state / container
+        files = {path.name for path in folder.iterdir()}
+        if container in MTLS_CONTAINERS:
+            assert files == {"ca.crt", "tls.crt", "tls.key", "secrets.env"}, container
+            assert (folder / "ca.crt").read_bytes() == (certs / "ca.pem").read_bytes()
+            assert (folder / "tls.crt").read_bytes() == (certs / f"{container}.pem").read_bytes()
+            assert (folder / "tls.key").read_bytes() == (certs / f"{container}-key.pem").read_bytes()
+            assert (folder / "tls.key").stat().st_mode & 0o077 == 0, container
+        else:
+            assert files == {"secrets.env"}, container
+        assert (folder / "secrets.env").stat().st_mode & 0o077 == 0, container
+        for path in folder.iterdir():
+            data = path.read_bytes()
+            assert ca_key not in data, f"{container}/{path.name} holds the CA key"
+            for key_name, key in other_keys.items():
+                if key_name != f"{container}-key.pem":
+                    assert key not in data, f"{container}/{path.name} holds {key_name}"
+
+
+def test_the_dev_state_gives_each_container_only_its_own_secrets(dev_state):
+    state, generated = dev_state
+    for container, names in CONTAINER_SECRETS.items():
+        own = read_secrets(state / container / "secrets.env")
+        expected = set(names)
+        if container in BACKEND_SCHEMAS:
+            expected |= {"DATABASE_URL", "RABBITMQ_URL", password_variable(f"cp_{BACKEND_SCHEMAS[container]}"),
+                         "RABBITMQ_PASSWORD_" + container.upper().replace("-", "_")}
+        assert set(own) == expected, container
+        for key in set(own) & set(generated):
+            assert own[key] == generated[key], (container, key)
+        # No value of a secret it was not given hides in another variable (a URL, say).
+        text = (state / container / "secrets.env").read_text()
+        for key, value in generated.items():
+            if key not in own:
+                assert value not in text, f"{container} holds the value of {key}"
+
+
+def test_each_backend_reaches_the_database_and_the_broker_as_its_own_login_and_the_gateway_not_at_all(
+        services, dev_state, bootstrap_env):
+    state, generated = dev_state
+    for container, schema in BACKEND_SCHEMAS.items():
+        own = read_secrets(state / container / "secrets.env")
+        database = urlsplit(own["DATABASE_URL"])
+        assert database.username == f"cp_{schema}"
+        assert unquote(database.password) == generated[password_variable(f"cp_{schema}")]
+        assert (database.hostname, database.port, database.path) == ("postgres", 5432, "/coffeeping")
+        broker = urlsplit(own["RABBITMQ_URL"])
+        assert broker.scheme == "amqp"
+        assert broker.username == f"coffeeping-{container}"
+        assert unquote(broker.password) == own["RABBITMQ_PASSWORD_" + container.upper().replace("-", "_")]
+        assert (broker.hostname, broker.port, broker.path) == ("rabbitmq", 5672, f"/{bootstrap_env['RABBITMQ_VHOST']}")
+    gateway = read_secrets(state / "auth-gateway" / "secrets.env")
+    for variable in ("RABBITMQ_URL", "DATABASE_URL"):
+        assert variable not in gateway and variable not in services["auth-gateway"]["environment"]
+    assert not any(key.startswith(("RABBITMQ_", "PG_PASSWORD_")) for key in gateway)
+
+
+def test_the_bootstrap_prepares_the_dev_state_then_the_database_then_the_broker(services, bootstrap_env):
+    spec = services["bootstrap"]
+    script = spec["command"][-1]
+    steps = [step.strip() for step in script.split("&&")]
+    db = steps.index(f"python deploy/bootstrap_db.py --dev --dev-state {STATE}")
+    broker = next(i for i, step in enumerate(steps) if step.endswith("python deploy/bootstrap_broker.py --dev"))
+    # The broker script gets the generated passwords (RABBITMQ_PASSWORD_<LOGIN>) from the environment.
+    sourced = steps.index(f". {STATE}/dev-secrets.env")
+    assert db < sourced < broker and steps[sourced - 1] == "set -a"
+    management = urlsplit(bootstrap_env["RABBITMQ_MANAGEMENT_URL"])
+    assert (management.hostname, management.port) == ("rabbitmq", 15672)
+    # guest may only log in from inside the broker's container: the administrator is the default user.
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["image"] == "rabbitmq:3.13-management"
+    assert (management.username, management.password) == (
+        rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"], rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"])
+    assert spec["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert spec["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert bootstrap_env["RABBITMQ_VHOST"] == "coffeeping"
+    for name in SERVICES:
+        assert services[name]["environment"]["MESSAGING_PREFIX"] == bootstrap_env["MESSAGING_PREFIX"]
+
+
+def test_the_bootstrap_image_carries_both_scripts_and_its_default_command_is_not_for_development():
+    steps = final_stage(dockerfile("deploy/bootstrap"))
+    copied = " ".join(args for word, args in steps if word == "COPY")
+    assert "deploy/bootstrap_db.py" in copied and "deploy/bootstrap_broker.py" in copied
+    assert "requests" in " ".join(args for word, args in instructions(dockerfile("deploy/bootstrap")) if word == "RUN")
+    cmd = exec_form(next(args for word, args in reversed(steps) if word == "CMD"))
+    assert cmd == ["python", "deploy/bootstrap_db.py"]
+
+
+def test_the_dev_state_is_idempotent_and_keeps_its_passwords(dev_state, bootstrap_env):
+    state, generated = dev_state
+    again = write_dev_state(state, bootstrap_env["ADMIN_DATABASE_URL"], bootstrap_env["COFFEEPING_DB"],
+                            bootstrap_env["RABBITMQ_URL"], bootstrap_env["RABBITMQ_VHOST"],
+                            bootstrap_env["MESSAGING_PREFIX"])
+    assert again == generated
+    assert {password_variable(role) for role in roles()} <= set(generated)
 
 
 def test_gateway_trusts_the_issuer_the_clerk_stand_in_mints_and_the_sandbox_knows_the_oauth_client(services):

@@ -1,9 +1,10 @@
 """The Kubernetes base in deploy/k8s/base, checked offline: every service is deployed and probed,
-secrets are referenced and never inlined, the mTLS certificates come from Secrets, and the gateway
-is reached over HTTPS only."""
+secrets are referenced and never inlined, each service reads only its own Secret and its own mTLS
+Secret, the Jobs run without development fallbacks, and the gateway is reached over HTTPS only."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "k8s" / "base"
 GRPC_SERVICES = {"accounts": 50051, "token-vault": 50052, "mailer": 50053, "reply-watcher": 50054}
 SECRET_SETTINGS = {"DATABASE_URL", "RABBITMQ_URL", "GOOGLE_CLIENT_SECRET", "CLERK_WEBHOOK_SECRET",
-                   "OAUTH_STATE_SECRET", "TOKEN_VAULT_LOCAL_KEY", "GMAIL_PUSH_TOKEN", "ADMIN_DATABASE_URL"}
+                   "OAUTH_STATE_SECRET", "TOKEN_VAULT_LOCAL_KEY", "GMAIL_PUSH_TOKEN", "ADMIN_DATABASE_URL",
+                   "TOMBSTONE_KEY", "RABBITMQ_MANAGEMENT_URL"}
+# What each service reads from its own Secret coffeeping-<service>: setting -> key.
+OWN_SECRETS = {
+    "auth-gateway": {"CLERK_WEBHOOK_SECRET": "clerk-webhook-secret", "OAUTH_STATE_SECRET": "oauth-state-secret",
+                     "GMAIL_PUSH_TOKEN": "gmail-push-token"},
+    "accounts": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url", "TOMBSTONE_KEY": "tombstone-key"},
+    "token-vault": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url", "TOMBSTONE_KEY": "tombstone-key",
+                    "GOOGLE_CLIENT_SECRET": "google-client-secret"},
+    "mailer": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url", "TOMBSTONE_KEY": "tombstone-key"},
+    "reply-watcher": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url",
+                      "TOMBSTONE_KEY": "tombstone-key"},
+}
+# The Jobs: (command, the Secrets they may read).
+JOBS = {
+    "coffeeping-migrate": (["python", "deploy/bootstrap_db.py"], {"coffeeping-db-admin", "coffeeping-db-roles"}),
+    "coffeeping-broker": (["python", "deploy/bootstrap_broker.py"], {"coffeeping-broker-admin"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +53,26 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def secrets_referenced(workload: dict[str, Any]) -> set[str]:
+    """Every Secret a workload's pod can read: env, envFrom and volumes (projected ones too)."""
+    pod = workload["spec"]["template"]["spec"]
+    names = set()
+    for spec in [*pod.get("initContainers", []), *pod["containers"]]:
+        for item in spec.get("env", []):
+            if "secretKeyRef" in item.get("valueFrom", {}):
+                names.add(item["valueFrom"]["secretKeyRef"]["name"])
+        for source in spec.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
 
 
 def test_every_service_has_a_deployment_and_a_service_that_selects_it(objects):
@@ -126,3 +164,72 @@ def test_kustomize_renders_the_base():
     rendered = subprocess.run(["kubectl", "kustomize", str(BASE)], capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
     assert "namespace: coffeeping" in rendered.stdout
+
+
+def test_each_deployment_reads_only_its_own_secret_and_its_own_mtls_secret(objects):
+    for name, deployment in by_kind(objects, "Deployment").items():
+        assert secrets_referenced(deployment) == {f"coffeeping-{name}", f"coffeeping-mtls-{name}"}, name
+        env = {item["name"]: item for item in container(deployment)["env"]}
+        for setting, key in OWN_SECRETS[name].items():
+            assert env[setting]["valueFrom"]["secretKeyRef"] == {"name": f"coffeeping-{name}", "key": key}, (name, setting)
+        # No other secret setting slips in (another service's, or one from the ConfigMap).
+        assert SECRET_SETTINGS & set(env) == set(OWN_SECRETS[name]), name
+        assert not container(deployment).get("envFrom", []) or all(
+            "configMapRef" in source for source in container(deployment)["envFrom"]), name
+
+
+def test_the_gateway_gets_no_database_and_no_broker_login(objects):
+    spec = container(by_kind(objects, "Deployment")["auth-gateway"])
+    names = {item["name"] for item in spec["env"]}
+    assert not {"DATABASE_URL", "RABBITMQ_URL"} & names
+
+
+def test_no_secret_is_shared_between_services(objects):
+    readers: dict[str, set[str]] = {}
+    for workload in [*by_kind(objects, "Deployment").values(), *by_kind(objects, "Job").values()]:
+        for secret in secrets_referenced(workload):
+            readers.setdefault(secret, set()).add(workload["metadata"]["name"])
+    shared = {secret: names for secret, names in readers.items() if len(names) > 1}
+    assert not shared, shared
+    for gone in ("coffeeping-rabbitmq", "coffeeping-tombstones", "coffeeping-google-oauth", "coffeeping-gateway"):
+        assert gone not in readers
+
+
+def test_the_jobs_run_their_script_without_development_fallbacks_and_read_only_their_secrets(objects):
+    jobs = by_kind(objects, "Job")
+    assert set(jobs) == set(JOBS)
+    for name, (command, allowed) in JOBS.items():
+        pod = jobs[name]["spec"]["template"]["spec"]
+        (spec,) = pod["containers"]
+        assert spec["image"] == "coffeeping/bootstrap"
+        assert spec["command"] == command and not spec.get("args"), name
+        assert "--dev" not in " ".join(spec["command"] + spec.get("args", [])), name
+        assert secrets_referenced(jobs[name]) == allowed, name
+        assert not any(secret.startswith("coffeeping-mtls-") for secret in secrets_referenced(jobs[name]))
+        assert pod["restartPolicy"] in ("OnFailure", "Never")
+
+
+def test_the_broker_job_reads_the_management_url_and_every_password_from_its_secret(objects):
+    (spec,) = by_kind(objects, "Job")["coffeeping-broker"]["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "coffeeping-broker-admin"}} in spec["envFrom"]
+    env = {item["name"]: item for item in spec.get("env", [])}
+    # The management URL and the passwords come from the Secret alone, never inlined.
+    assert not {name for name in env if name.startswith("RABBITMQ_PASSWORD_")} and "RABBITMQ_MANAGEMENT_URL" not in env
+    assert env["RABBITMQ_VHOST"]["value"] == "coffeeping"
+    assert env["MESSAGING_PREFIX"]["valueFrom"]["configMapKeyRef"] == {"name": "coffeeping-config",
+                                                                       "key": "MESSAGING_PREFIX"}
+
+
+def test_the_readme_lists_exactly_the_secrets_the_base_references(objects):
+    referenced = set()
+    for workload in [*by_kind(objects, "Deployment").values(), *by_kind(objects, "Job").values()]:
+        referenced |= secrets_referenced(workload)
+    for ingress in by_kind(objects, "Ingress").values():
+        referenced |= {entry["secretName"] for entry in ingress["spec"]["tls"]}
+    readme = (ROOT / "deploy" / "k8s" / "README.md").read_text()
+    section = readme[readme.index("## Secrets the base references"):]
+    section = section[:section.index("\n## ", 1)]
+    listed = set(re.findall(r"^\| `([a-z0-9<>-]+)`", section, flags=re.MULTILINE))
+    templated = {name for name in referenced if name.startswith("coffeeping-mtls-")}
+    assert listed == (referenced - templated) | {"coffeeping-mtls-<service>"}
+    assert templated == {f"coffeeping-mtls-{name}" for name in OWN_SECRETS}

@@ -3,6 +3,7 @@ add contacts, start sequences, read what Gmail holds, follow a deletion, and pro
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import requests
+from kombu import Connection, Exchange, Producer
 
 CONFIRM = {"confirm": "delete my account"}
 
@@ -149,3 +151,17 @@ def export_of(http: requests.Session) -> dict:
     assert reply.status_code == 200, reply.text
     assert reply.headers["Content-Disposition"] == 'attachment; filename="coffeeping-export.json"'
     return reply.json()
+
+
+def publish_as(stack, login: str, envelopes: list[dict], exchange: str = "events", routing_key: str = "") -> None:
+    """Publish envelopes on the stack's broker with ``login``'s own credentials, signed (``user_id``)
+    by that login as its relay does: ``events`` routes by type, ``dlx`` to ``routing_key``'s dead queue."""
+    prefix = stack.config.messaging_prefix
+    with Connection(stack.config.broker_url(login), transport_options={"confirm_publish": True}) as conn:
+        producer = Producer(conn.channel(), auto_declare=False,
+                            exchange=Exchange(f"{prefix}.{exchange}", type="topic" if exchange == "events" else "direct",
+                                              durable=True))
+        for envelope in envelopes:
+            producer.publish(json.dumps(envelope).encode(), routing_key=routing_key or envelope["type"], mandatory=True,
+                             content_type="application/json", message_id=envelope["id"], retry=False,
+                             user_id=conn.userid)

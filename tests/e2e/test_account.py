@@ -17,7 +17,6 @@ import uuid
 import psycopg
 import pytest
 import requests
-from kombu import Connection, Exchange, Producer
 from svix.webhooks import Webhook
 
 from tests.e2e.journey import (
@@ -27,6 +26,7 @@ from tests.e2e.journey import (
     drafts_in,
     export_of,
     new_user,
+    publish_as,
     refresh_answer,
     refresh_token_of,
     seed,
@@ -275,12 +275,7 @@ def test_a_duplicated_deletion_event_is_harmless(stack):
     fresh = {"id": str(uuid.uuid4()), "type": "account.deletion_requested", "user_id": user,
              "occurred_at": dt.datetime.now(dt.UTC).isoformat(), "request_id": None,
              "payload": {"deletion_id": deletion_id}}
-    with Connection(stack.config.rabbitmq_url, transport_options={"confirm_publish": True}) as conn:
-        producer = Producer(conn.channel(), exchange=Exchange(f"{stack.config.messaging_prefix}.events",
-                                                              type="topic", durable=True), auto_declare=False)
-        for envelope in (*original, fresh):
-            producer.publish(json.dumps(envelope).encode(), routing_key=envelope["type"], mandatory=True,
-                             content_type="application/json", message_id=envelope["id"], retry=False)
+    publish_as(stack, "accounts", [*original, fresh])
     time.sleep(5)
     assert deletion(http) == final
     assert_nothing_left(stack, [user, data["email"], *data["contacts"]])

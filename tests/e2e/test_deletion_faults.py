@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from kombu import Connection, Exchange, Producer
+from kombu import Connection
 
 from coffeeping.common.messaging import requeue_dead_letters
 from tests.e2e.journey import (
@@ -34,6 +34,7 @@ from tests.e2e.journey import (
     deletion,
     drafts_in,
     new_user,
+    publish_as,
     refresh_answer,
     refresh_token_of,
     seed,
@@ -96,7 +97,7 @@ def queued_messages(stack, needle: str) -> list[str]:
     the queues holding a message that mentions ``needle``."""
     prefix = stack.config.messaging_prefix
     found = []
-    with Connection(stack.config.rabbitmq_url) as conn:
+    with Connection(stack.config.broker_url("operator")) as conn:
         channel = conn.channel()
         for service in BACKENDS:
             queue = f"{prefix}.{service}"
@@ -244,21 +245,14 @@ def test_late_replayed_and_dead_lettered_events_after_a_purge_bring_nothing_back
     sent = envelope("sequence.message_sent", {"sequence_id": started["payload"]["sequence_id"],
                                               "thread_id": thread, "message_id": "m-late"})
     connected = envelope("gmail.connected", {"email": data["email"]})
-    with Connection(stack.config.rabbitmq_url, transport_options={"confirm_publish": True}) as conn:
-        channel = conn.channel()
-        events = Producer(channel, exchange=Exchange(f"{prefix}.events", type="topic", durable=True),
-                          auto_declare=False)
-        for item in (started, sent, connected, started):  # late, then the same event again
-            events.publish(json.dumps(item).encode(), routing_key=item["type"], mandatory=True,
-                           content_type="application/json", message_id=item["id"], retry=False)
-        # Messages that had been dead-lettered before the purge: one is replayed by the operator, the
-        # other waits in the dead-letter queue for the janitor.
-        dead = Producer(channel, exchange=Exchange(""), auto_declare=False)
-        for service, item in (("reply-watcher", started), ("mailer", connected)):
-            dead.publish(json.dumps({**item, "id": str(uuid.uuid4())}).encode(),
-                         routing_key=f"{prefix}.{service}.dead", mandatory=True, retry=False,
-                         content_type="application/json")
-    requeue_dead_letters(stack.config.rabbitmq_url, prefix, "reply-watcher")
+    # Late, then the same event again, each from its registered producer.
+    publish_as(stack, "mailer", [started, sent, started])
+    publish_as(stack, "token-vault", [connected])
+    # Messages that had been dead-lettered before the purge: one is replayed by the operator, the
+    # other waits in the dead-letter queue for the janitor.
+    publish_as(stack, "mailer", [{**started, "id": str(uuid.uuid4())}], exchange="dlx", routing_key="reply-watcher")
+    publish_as(stack, "token-vault", [{**connected, "id": str(uuid.uuid4())}], exchange="dlx", routing_key="mailer")
+    requeue_dead_letters(stack.config.broker_url("operator"), prefix, "reply-watcher")
     time.sleep(3)  # the consumers and the janitors (DEAD_LETTER_SWEEP_S = 1 s) have had their turn
     assert_deleted(stack, http, user, data, token, fence)
 

@@ -22,6 +22,7 @@ from coffeeping.types.v1 import export_pb2
 from coffeeping.watcher.v1 import watcher_pb2, watcher_pb2_grpc
 from coffeeping_watcher.consumers import make_consumer
 from coffeeping_watcher.servicer import POLICY, ReplyWatcherServicer
+from tests.conftest import signed_by
 
 TOMBSTONE_KEY = b"watcher-test-tombstone-key-0123456789"
 OUTGOING = ("reply.detected", "bounce.detected", "takeover.detected", "account.purged")
@@ -41,7 +42,7 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 def bus(amqp_url, messaging_prefix, engine):
     """The watcher's consumer and relay running against RabbitMQ, and a tap on what it publishes."""
     stop = threading.Event()
-    consumer = make_consumer(amqp_url, messaging_prefix, engine, TOMBSTONE_KEY)
+    consumer = make_consumer(amqp_url, messaging_prefix, engine, TOMBSTONE_KEY, senders=signed_by("guest"))
     relay = OutboxRelay(engine, "watcher", amqp_url, messaging_prefix)
     received: queue.Queue = queue.Queue()
     tap_name = f"{messaging_prefix}.watcher-tap.{new_id('q')}"
@@ -79,7 +80,7 @@ def bus(amqp_url, messaging_prefix, engine):
                 producer = Producer(conn.channel(), exchange=Exchange(f"{messaging_prefix}.events", type="topic",
                                                                       durable=True, no_declare=True))
                 producer.publish(json.dumps(envelope), routing_key=event_type, content_type="application/json",
-                                 mandatory=True)
+                                 mandatory=True, user_id="guest")
             return envelope
 
         def next_event(self, user_id: str, event_type: str, timeout: float = 20.0) -> dict:

@@ -26,7 +26,7 @@ def run_service() -> None:
     engine = make_engine(settings.database_url, application_name=SERVICE)
     sources = Sources(settings.for_service(SERVICE), settings.vault_addr, settings.mailer_addr,
                       settings.watcher_addr, timeout_s=settings.export_timeout_s)
-    messaging = messaging_workers(settings, SERVICE, engine, deletions.SCHEMA, deletions.CONSUMED,
+    messaging = messaging_workers(settings, SERVICE, engine, deletions.SCHEMA,
                                   deletions.make_handler(settings.tombstone_key))
 
     def watch_deadlines(stop: threading.Event) -> None:

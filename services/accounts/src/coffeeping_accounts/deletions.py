@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx, validate_user_id
-from coffeeping.common.messaging import forget_user, publish_in_tx
+from coffeeping.common.messaging import consumed_by, forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury
 from coffeeping_accounts.models import deletion_requests, deletion_steps, deletions, users
 
@@ -50,7 +50,7 @@ DELETION_REQUESTED = "account.deletion_requested"
 REVOKE_REQUESTED = "account.revoke_requested"
 PURGED = "account.purged"
 PURGE_FAILED = "account.purge_failed"
-CONSUMED = (PURGED, PURGE_FAILED)
+CONSUMED = consumed_by("accounts")
 
 MAILER, WATCHER, VAULT, ACCOUNTS = "mailer", "reply-watcher", "token-vault", "accounts"
 # (service, what it does), in the order the status shows them.
@@ -60,8 +60,6 @@ STEPS = (
     (VAULT, "revoke the Google grant, purge it and its keys"),
     (ACCOUNTS, "purge the user record"),
 )
-# Names a service may use for itself in ``account.purged``.
-_ALIASES = {"mailer": MAILER, "reply-watcher": WATCHER, "watcher": WATCHER, "token-vault": VAULT, "vault": VAULT}
 _REPORTING = (MAILER, WATCHER, VAULT)
 
 
@@ -198,7 +196,8 @@ def make_handler(tombstone_key: bytes) -> Callable[[Connection, dict], None]:
     def handle(conn: Connection, event: dict) -> None:
         user_id = event["user_id"]
         payload = event["payload"]
-        service = _ALIASES.get(str(payload.get("service", "")))
+        # The consumer has checked that the service named here is the message's verified sender.
+        service = payload.get("service") if payload.get("service") in _REPORTING else None
         try:
             deletion_id = uuid.UUID(str(payload.get("deletion_id")))
         except ValueError:

@@ -15,7 +15,7 @@ from coffeeping.mailer.v1 import mailer_pb2_grpc
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_mailer import SERVICE
 from coffeeping_mailer.config import Settings
-from coffeeping_mailer.consumers import ROUTING_KEYS, Handlers
+from coffeeping_mailer.consumers import Handlers
 from coffeeping_mailer.gmail_api import Gmail
 from coffeeping_mailer.models import SCHEMA
 from coffeeping_mailer.scheduler import Scheduler
@@ -41,7 +41,7 @@ def main() -> None:
     scheduler = Scheduler(engine, gmail, settings.tombstone_key, interval_s=settings.scheduler_interval_s,
                           workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
                           max_attempts=settings.max_attempts, claimers=CLAIMERS)
-    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA, ROUTING_KEYS,
+    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
                                   Handlers(gmail, settings.tombstone_key, settings.draft_cleanup_s))
     server = serve(
         SERVICE,

@@ -19,8 +19,6 @@ from coffeeping_mailer.scheduler import pause_all
 
 log = logging.getLogger("coffeeping_mailer.consumers")
 
-ROUTING_KEYS = ("reply.detected", "bounce.detected", "takeover.detected", "gmail.connected", "gmail.disconnected",
-                "account.deletion_requested")
 _STOP_REASONS = {"reply.detected": "replied", "bounce.detected": "bounced", "takeover.detected": "user_took_over"}
 
 

@@ -12,7 +12,7 @@ from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping.watcher.v1 import watcher_pb2_grpc
 from coffeeping_watcher import SERVICE
 from coffeeping_watcher.config import Settings
-from coffeeping_watcher.consumers import ROUTING_KEYS, make_handler
+from coffeeping_watcher.consumers import make_handler
 from coffeeping_watcher.poller import Poller
 from coffeeping_watcher.servicer import POLICY, ReplyWatcherServicer
 from coffeeping_watcher.services import SCHEMA
@@ -28,7 +28,7 @@ def main() -> None:
     poller = Poller(engine, tokens, settings.gmail_api_endpoint, interval_s=settings.poll_interval_s,
                     concurrency=settings.concurrency, takeover_grace_s=settings.takeover_grace_s,
                     max_backoff_s=settings.max_backoff_s)
-    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA, ROUTING_KEYS,
+    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
                                   make_handler(settings.tombstone_key, tokens, poller.wake.set))
     server = serve(
         SERVICE,

@@ -9,19 +9,13 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine
 
 from coffeeping.common.gmail import VaultTokenSource
-from coffeeping.common.messaging import Consumer
+from coffeeping.common.messaging import Consumer, consumed_by
+from coffeeping.common.messaging.registry import SenderCheck
 from coffeeping_watcher import SERVICE, services
 
 log = logging.getLogger(__name__)
 
-ROUTING_KEYS = (
-    "sequence.started",
-    "sequence.message_sent",
-    "sequence.stopped",
-    "gmail.connected",
-    "gmail.disconnected",
-    "account.deletion_requested",
-)
+ROUTING_KEYS = consumed_by(SERVICE)
 
 
 def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
@@ -58,6 +52,6 @@ def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
 
 
 def make_consumer(amqp_url: str, prefix: str, engine: Engine, tombstone_key: bytes,
-                  tokens: VaultTokenSource | None = None, on_due: Callable[[], None] | None = None) -> Consumer:
+                  senders: SenderCheck | None = None) -> Consumer:
     return Consumer(amqp_url, prefix, SERVICE, ROUTING_KEYS, engine, services.SCHEMA,
-                    make_handler(tombstone_key, tokens, on_due), tombstone_key=tombstone_key)
+                    make_handler(tombstone_key), tombstone_key=tombstone_key, senders=senders)

@@ -18,7 +18,7 @@ from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_vault import SERVICE
 from coffeeping_vault.audit import AuditWriter
 from coffeeping_vault.config import Settings
-from coffeeping_vault.consumers import ROUTING_KEYS, make_handler
+from coffeeping_vault.consumers import make_handler
 from coffeeping_vault.google_oauth import GoogleOAuth
 from coffeeping_vault.kms import CloudKmsWrapper, DataKeyCache, Keyring, LocalWrapper
 from coffeeping_vault.revocations import RevocationWorker
@@ -49,7 +49,7 @@ def main() -> None:
     if sys.argv[1:2] == ["rewrap"]:
         print(json.dumps(vault.rewrap()))
         return
-    messaging = messaging_workers(settings, SERVICE, vault.engine, SCHEMA, ROUTING_KEYS, make_handler(vault))
+    messaging = messaging_workers(settings, SERVICE, vault.engine, SCHEMA, make_handler(vault))
     server = serve(
         SERVICE,
         [(vault_pb2_grpc.add_TokenVaultServicer_to_server, TokenVaultServicer(vault),

@@ -6,8 +6,6 @@ from sqlalchemy import Connection
 
 from coffeeping_vault.services import Vault
 
-ROUTING_KEYS = ("account.revoke_requested",)
-
 
 def make_handler(vault: Vault):  # type: ignore[no-untyped-def]
     def handle(conn: Connection, event: dict) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from coffeeping.common.config import amqp_url, db_url, integer, number, setting
-from coffeeping.common.messaging import Consumer, OutboxRelay, dead_letter_janitor
+from coffeeping.common.messaging import Consumer, OutboxRelay, consumed_by, dead_letter_janitor
 from coffeeping.common.messaging.consumer import Handler
 from coffeeping.common.rpc import RunningServer, TlsSettings, shutdown_event
 from coffeeping.common.tombstones import TombstoneSettings
@@ -35,12 +35,13 @@ class ServiceSettings(TlsSettings, TombstoneSettings):
 
 
 def messaging_workers(settings: ServiceSettings, service: str, engine: Engine, schema: str,
-                      routing_keys: Iterable[str], handler: Handler) -> list[tuple[str, Worker]]:
-    """The messaging workers every backend runs: its outbox relay, its consumer (which drops events
-    of buried users) and the janitor that keeps its dead-letter queue free of them."""
+                      handler: Handler) -> list[tuple[str, Worker]]:
+    """The messaging workers every backend runs: its outbox relay, its consumer of the events the
+    registry says it consumes (acting only on their registered producers' messages, dropping buried
+    users' events) and the janitor that keeps its dead-letter queue free of buried users."""
     relay = OutboxRelay(engine, schema, settings.rabbitmq_url, settings.messaging_prefix)
-    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, service, routing_keys, engine, schema,
-                        handler, tombstone_key=settings.tombstone_key)
+    consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, service, consumed_by(service), engine,
+                        schema, handler, tombstone_key=settings.tombstone_key)
     janitor = dead_letter_janitor(settings.rabbitmq_url, settings.messaging_prefix, service, engine, schema,
                                   settings.tombstone_key, settings.dead_letter_sweep_s)
     return [("outbox-relay", relay.run_forever), ("consumer", consumer.run), ("dead-letter-janitor", janitor)]

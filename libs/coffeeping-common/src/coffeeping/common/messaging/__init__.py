@@ -21,9 +21,16 @@ from .outbox import (
     pending_count,
     publish_in_tx,
 )
+from .registry import BACKENDS, EVENTS, broker_login, consumed_by, produced_by, registered_producers
 from .topology import DEFAULT_DELIVERY_LIMIT, declare_events_exchange, declare_topology, delete_topology
 
 __all__ = [
+    "BACKENDS",
+    "EVENTS",
+    "broker_login",
+    "consumed_by",
+    "produced_by",
+    "registered_producers",
     "DEFAULT_DELIVERY_LIMIT",
     "Consumer",
     "MalformedEvent",

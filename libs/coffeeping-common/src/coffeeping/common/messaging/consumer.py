@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from ..db import InvalidUserId, user_tx, validate_user_id
 from ..tombstones import is_buried
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
+from .registry import SenderCheck, registered_producers
 from .topology import DEFAULT_DELIVERY_LIMIT, declare_topology
 
 log = logging.getLogger("coffeeping.messaging.consumer")
@@ -109,6 +110,7 @@ class Consumer:
         heartbeat: int = 30,
         reconnect_cap: float = 5.0,
         tombstone_key: bytes | None = None,
+        senders: SenderCheck | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.prefix = check_name(prefix, "prefix")
@@ -124,6 +126,7 @@ class Consumer:
         self.heartbeat = heartbeat
         self.reconnect_cap = reconnect_cap
         self.tombstone_key = tombstone_key
+        self.senders = senders or registered_producers(self.prefix)
         self.connected = threading.Event()  # set while consuming (tests, health checks)
         self._stop = threading.Event()
         self._conn: Connection | None = None
@@ -168,6 +171,15 @@ class Consumer:
                 "malformed message dead-lettered",
                 extra={"reason": str(exc), "message_id": str(message.properties.get("message_id") or "")},
             )
+            message.reject(requeue=False)
+            return
+        sender = message.properties.get("user_id")
+        claimed = event["payload"].get("service")
+        if not self.senders(event["type"], sender, claimed if isinstance(claimed, str) else None):
+            # RabbitMQ verified ``user_id`` against the publisher's login: a message another service
+            # (or nobody) signed for this type is never acted on. Kept in the dead-letter queue.
+            log.warning("message refused: not from a registered producer of its type",
+                        extra={"event_id": event["id"], "event_type": event["type"], "sender": str(sender or "")})
             message.reject(requeue=False)
             return
         request_id = event.get("request_id") or message.properties.get("correlation_id")

@@ -59,7 +59,9 @@ def requeue_dead_letters(amqp_url: str, prefix: str, service: str, limit: int | 
             if message is None:
                 break
             props = message.properties
-            extra = {k: props[k] for k in ("message_id", "correlation_id", "type") if props.get(k)}
+            # The verified sender travels with the message, or the consumer would refuse it: the
+            # operator runs this with a login tagged ``impersonator`` (deploy/bootstrap_broker.py).
+            extra = {k: props[k] for k in ("message_id", "correlation_id", "type", "user_id") if props.get(k)}
             producer.publish(
                 message.body,
                 routing_key=target,
@@ -85,20 +87,19 @@ def requeue_dead_letters(amqp_url: str, prefix: str, service: str, limit: int | 
 def forget_dead_letters(amqp_url: str, prefix: str, service: str, is_gone: Callable[[str], bool]) -> int:
     """Drop from ``<prefix>.<service>.dead`` every message about a user for whom ``is_gone`` is true.
 
-    RabbitMQ cannot delete one message from the middle of a queue, so each message present at the start
-    is taken out and either dropped (its user was purged) or put back at the tail, unchanged, with a
-    publisher confirm before the original is acked: a crash duplicates a kept message, never loses it.
-    Messages that are not valid envelopes are kept for the operator. Returns how many were dropped.
+    RabbitMQ cannot delete one message from the middle of a queue: every message present at the start
+    is taken (unacknowledged, so none is taken twice), those of purged users are acked, and the others
+    are rejected back into the queue unchanged (their verified ``user_id`` included, which a republish
+    could not keep). Messages that are not valid envelopes are kept for the operator. Returns how many
+    were dropped.
     """
     dead = dead_queue(prefix, service)
     dropped = 0
-    with Connection(amqp_url, transport_options={"confirm_publish": True}, connect_timeout=5) as conn:
+    with Connection(amqp_url, connect_timeout=5) as conn:
         channel = conn.channel()
         _, waiting, _ = channel.queue_declare(dead, passive=True)
-        if not waiting:
-            return 0
-        producer = Producer(channel, exchange=Exchange(""), auto_declare=False)
         source = Queue(dead, no_declare=True)(channel)
+        kept = []
         for _ in range(waiting):
             message = source.get(no_ack=False, accept=None)
             if message is None:
@@ -110,16 +111,10 @@ def forget_dead_letters(amqp_url: str, prefix: str, service: str, is_gone: Calla
             if user_id is not None and is_gone(user_id):
                 message.ack()
                 dropped += 1
-                continue
-            props = message.properties
-            extra = {k: props[k] for k in ("message_id", "correlation_id", "type", "user_id") if props.get(k)}
-            producer.publish(
-                message.body, routing_key=dead, mandatory=True, delivery_mode=2,
-                content_type=message.content_type or "application/json",
-                content_encoding=message.content_encoding or "utf-8",
-                headers=message.headers or {}, retry=False, confirm_timeout=10, **extra,
-            )
-            message.ack()
+            else:
+                kept.append(message)
+        for message in kept:
+            message.reject(requeue=True)
     if dropped:
         log.info("dead letters of deleted accounts dropped", extra={"service": service, "count": dropped})
     return dropped

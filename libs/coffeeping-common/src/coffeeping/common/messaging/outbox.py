@@ -224,7 +224,9 @@ class OutboxRelay:
         envelope = json.loads(body)
         message_id = str(row.id)
         self._returned.discard(message_id)
-        properties: dict[str, Any] = {"message_id": message_id, "type": row.routing_key}
+        # ``user_id`` is our login; RabbitMQ refuses the message if it is not, so consumers can trust it.
+        properties: dict[str, Any] = {"message_id": message_id, "type": row.routing_key,
+                                      "user_id": self._connection.userid if self._connection else None}
         if envelope.get("request_id"):
             properties["correlation_id"] = str(envelope["request_id"])
         producer.publish(
