@@ -35,10 +35,12 @@ def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeepin
     """A pooled engine that never opens connections beyond ``pool_size``.
 
     Overflow connections would be opened and closed per checkout under load, and a new PostgreSQL
-    connection costs more than waiting a moment for a pooled one.
+    connection costs more than waiting a moment for a pooled one. ``hide_parameters``: a database
+    error's text never carries the statement's values (addresses, bodies), whoever logs it.
     """
     return create_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=30,
