@@ -28,7 +28,7 @@ from bootstrap_broker import (  # noqa: E402
     password_variable,
     service_url,
 )
-from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
+from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
 
 SERVICES = {
     # name: (module, schema or None, default port)
@@ -162,7 +162,9 @@ class StackConfig:
             "MAILER_SCHEDULER_INTERVAL_S": "1",
             "REPLY_WATCHER_POLL_INTERVAL_S": "5",
         }
-        env.update(dev_secrets(self.var_dir / "dev-secrets.env"))
+        # Each process gets its own secrets only, as each container and pod does.
+        secrets_ = dev_secrets(self.var_dir / "dev-secrets.env")
+        env.update({name: secrets_[name] for name in CONTAINER_SECRETS[service]})
         if self.sandbox:
             env.update(self.sandbox_env())
         else:
