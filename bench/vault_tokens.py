@@ -131,7 +131,7 @@ def main() -> int:
     base = args.admin_url.rsplit("/", 1)[0]
     db = VaultDb(name, f"{base}/{name}", role_url(args.admin_url, name, "cp_vault", dev=True))
     sandbox = start_sandbox(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])])
-    h = VaultHarness(db, sandbox, ensure(workdir / "certs"), f"cpvaultbench{uuid.uuid4().hex[:8]}", args.amqp_url,
+    h = VaultHarness(db, sandbox, ensure(workdir / "certs"), f"cpvaultbench{uuid.uuid4().hex[:8]}", args.amqp_url, args.amqp_url,
                      workdir)
     try:
         h.start(LOG_LEVEL="WARNING")

@@ -177,6 +177,8 @@ class StackConfig:
             env["GRPC_PORT"] = str(self.ports[service])
         else:
             env["GATEWAY_PORT"] = str(self.ports[service])
+            if self.sandbox:
+                env["COFFEEPING_ENV"] = "development"
         env.update(self.extra_env)
         return env
 

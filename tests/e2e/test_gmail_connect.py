@@ -52,7 +52,7 @@ def test_a_user_connects_gmail_and_me_shows_the_account_and_scopes(stack):
     assert query["scope"] == [" ".join([
         "https://www.googleapis.com/auth/gmail.send", "https://www.googleapis.com/auth/gmail.compose",
         "https://www.googleapis.com/auth/gmail.metadata", "https://www.googleapis.com/auth/userinfo.email"])]
-    assert query["access_type"] == ["offline"] and query["include_granted_scopes"] == ["true"]
+    assert query["access_type"] == ["offline"] and "include_granted_scopes" not in query
     assert query["prompt"] == ["consent"] and query["code_challenge_method"] == ["S256"]
     assert "code_verifier" not in authorization_url and "code_verifier" not in callback
 

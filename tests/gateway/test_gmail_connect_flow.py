@@ -62,6 +62,10 @@ def test_connect_sets_an_httponly_secure_lax_cookie_and_keeps_the_verifier_out_o
     params = _params(url)
     assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
     assert "code_verifier" not in url
+    # Exactly the four scopes, and no earlier grant's scopes folded in by Google.
+    assert params["scope"].split() == [f"https://www.googleapis.com/auth/{s}" for s in (
+        "gmail.send", "gmail.compose", "gmail.metadata", "userinfo.email")]
+    assert "include_granted_scopes" not in params
     assert reply.headers["Cache-Control"] == "no-store"
 
 
@@ -186,3 +190,15 @@ def test_no_code_state_or_cookie_reaches_a_log_line(stack):
     assert logs
     for secret in (params["code"], params["state"], cookie):
         assert secret.encode() not in logs
+
+
+def test_the_vault_reasons_passed_to_the_app_are_exactly_the_known_codes():
+    from coffeeping_gateway.views.gmail import known_vault_reason
+
+    for reason in ("different_account", "account_deleted", "missing_scope:gmail.send,userinfo.email",
+                   "excess_scope:gmail.readonly", "excess_scope:gmail.modify,mail.google.com"):
+        assert known_vault_reason(reason) == reason
+    # Anything else becomes temporarily_unavailable: a detail never reaches the app's URL unvetted.
+    for detail in ("excess_scope:", "excess_scope:https://evil.example/", "scope_not_allowed", "account_deleted\n",
+                   "missing_scope:gmail.send&next=https://evil.example", "needs_reconnect"):
+        assert known_vault_reason(detail) is None, detail

@@ -105,8 +105,10 @@ def test_an_azp_outside_the_allowed_parties_is_refused(stack):
     _assert_refused(_get_me(stack, _mint(stack, "user_tok_azp", azp="https://evil.example")))
 
 
-def test_a_token_without_azp_is_accepted(stack):
-    assert _get_me(stack, _mint(stack, "user_tok_noazp", omit=["azp"])).status_code == 200
+def test_a_token_without_azp_is_refused_when_parties_are_configured(stack):
+    # A token minted for no particular frontend is not one of ours (CLERK_AUTHORIZED_PARTIES is set).
+    _assert_refused(_get_me(stack, _mint(stack, "user_tok_noazp", omit=["azp"])))
+    assert _get_me(stack, _mint(stack, "user_tok_noazp", azp="http://localhost:3000")).status_code == 200
 
 
 def test_expired_beyond_the_leeway_is_refused_and_within_it_accepted(stack):

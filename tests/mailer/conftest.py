@@ -10,6 +10,7 @@ service until its ``GetAccessToken`` lands; the mailer cannot tell the differenc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,15 +23,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from bootstrap_broker import DEFAULT_MANAGEMENT_URL, LOGINS, bootstrap_broker, delete_broker, service_url
 from google.protobuf.timestamp_pb2 import Timestamp
 from kombu import Connection, Exchange, Producer
 
+from coffeeping.common.messaging import EVENTS, broker_login
 from coffeeping.common.rpc import TlsFiles, call_metadata, channel
 from coffeeping.mailer.v1 import mailer_pb2, mailer_pb2_grpc
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
@@ -169,7 +173,7 @@ class MailerProcess:
 
 
 @pytest.fixture(scope="session")
-def mailer_factory(database: Any, amqp_url: str, messaging_prefix: str, certs: Path, sandbox: Sandbox,
+def mailer_factory(database: Any, mailer_bus: MailerBus, certs: Path, sandbox: Sandbox,
                    vault: tuple[Vault, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started: list[MailerProcess] = []
     logs = tmp_path_factory.mktemp("mailer-logs")
@@ -180,7 +184,8 @@ def mailer_factory(database: Any, amqp_url: str, messaging_prefix: str, certs: P
             "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database.app_url("mailer"), "GRPC_PORT": str(port),
             "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
-            "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": amqp_url, "MESSAGING_PREFIX": messaging_prefix,
+            "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": mailer_bus.url("mailer"),
+            "MESSAGING_PREFIX": mailer_bus.prefix,
             "TOMBSTONE_KEY": "test-tombstone-key-" + "x" * 32,
             "VAULT_GRPC_ADDR": vault[1], "GMAIL_API_ENDPOINT": sandbox.google_url,
             "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": "4", "LOG_LEVEL": "INFO",
@@ -244,13 +249,35 @@ def db(database: Any) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def publish_event(amqp_url: str, prefix: str, event_type: str, user_id: str, payload: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class MailerBus:
+    """The mailers' vhost with the deployment's broker logins; tests publish as the broker's operator,
+    signing each event as its registered producer (``user_id``), as that producer's relay would."""
+
+    amqp_url: str
+    prefix: str
+
+    def url(self, login: str) -> str:
+        return service_url(self.amqp_url, self.prefix, self.prefix, login, f"{login}-{self.prefix}")
+
+
+@pytest.fixture(scope="session")
+def mailer_bus(amqp_url: str) -> Iterator[MailerBus]:
+    prefix = f"cpmailtest{uuid.uuid4().hex[:8]}"
+    bootstrap_broker(DEFAULT_MANAGEMENT_URL, prefix, prefix, {login: f"{login}-{prefix}" for login in LOGINS})
+    yield MailerBus(amqp_url, prefix)
+    with contextlib.suppress(Exception):
+        delete_broker(DEFAULT_MANAGEMENT_URL, prefix, prefix)
+
+
+def publish_event(bus: MailerBus, event_type: str, user_id: str, payload: dict[str, Any]) -> str:
     event_id = str(uuid.uuid4())
     envelope = {"id": event_id, "type": event_type, "user_id": user_id,
                 "occurred_at": dt.datetime.now(dt.UTC).isoformat(), "request_id": "", "payload": payload}
-    with Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
-        producer = Producer(conn.channel(), exchange=Exchange(f"{prefix}.events", type="topic", durable=True),
+    producer_login = broker_login(bus.prefix, EVENTS[event_type][0][0])
+    with Connection(bus.url("operator"), transport_options={"confirm_publish": True}) as conn:
+        producer = Producer(conn.channel(), exchange=Exchange(f"{bus.prefix}.events", type="topic", durable=True),
                             auto_declare=False)
         producer.publish(json.dumps(envelope).encode(), routing_key=event_type, message_id=event_id,
-                         content_type="application/json", delivery_mode=2, mandatory=True)
+                         content_type="application/json", delivery_mode=2, mandatory=True, user_id=producer_login)
     return event_id

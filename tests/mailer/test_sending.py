@@ -145,7 +145,7 @@ def test_vault_needs_reconnect_pauses_the_users_sequences_as_gmail_disconnected(
 
 
 def test_reply_event_stops_every_running_sequence_of_the_contact_and_deletes_drafts(
-        api, sandbox, user, amqp_url, messaging_prefix):
+        api, sandbox, user, mailer_bus):
     user_id, email = user
     contact, seq = _start(api, user_id, [{"body": "pending", "delay": "P1D"}])
     status, other = api(user_id, "sequences.create", {"contact_id": contact["id"], "subject": "Another thread",
@@ -154,7 +154,7 @@ def test_reply_event_stops_every_running_sequence_of_the_contact_and_deletes_dra
     api(user_id, "sequences.send", sequence_id=other["id"])
     assert wait_for(lambda: len(sandbox.gmail.mailbox(email)["drafts"]) == 2)
     first = _seq(api, user_id, seq["id"])
-    publish_event(amqp_url, messaging_prefix, "reply.detected", user_id, {
+    publish_event(mailer_bus, "reply.detected", user_id, {
         "contact_id": contact["id"], "sequence_ids": [seq["id"]], "thread_id": first["thread_id"],
         "message_id": "m1", "detected_at": "2026-11-29T10:00:00Z"})
     for seq_id in (seq["id"], other["id"]):
@@ -165,13 +165,13 @@ def test_reply_event_stops_every_running_sequence_of_the_contact_and_deletes_dra
     assert wait_for(lambda: sandbox.gmail.mailbox(email)["drafts"] == [], timeout=20)
 
 
-def test_bounce_and_takeover_events_stop_with_their_reasons(api, user, amqp_url, messaging_prefix):
+def test_bounce_and_takeover_events_stop_with_their_reasons(api, user, mailer_bus):
     user_id, _ = user
     outcomes = {}
     for kind in ("bounce.detected", "takeover.detected"):
         contact, seq = _start(api, user_id, [{"body": "p", "delay": "P1D"}])
         assert wait_for(lambda s=seq: _seq(api, user_id, s["id"])["status"] == "active")
-        publish_event(amqp_url, messaging_prefix, kind, user_id, {
+        publish_event(mailer_bus, kind, user_id, {
             "contact_id": contact["id"], "sequence_ids": [seq["id"]], "thread_id": "t", "message_id": "m",
             "detected_at": "2026-11-29T10:00:00Z"})
         done = wait_for(lambda s=seq: (b := _seq(api, user_id, s["id"]))["status"] == "stopped" and b, timeout=20)
@@ -179,10 +179,10 @@ def test_bounce_and_takeover_events_stop_with_their_reasons(api, user, amqp_url,
     assert outcomes == {"bounce.detected": "bounced", "takeover.detected": "user_took_over"}
 
 
-def test_gmail_disconnected_event_pauses_running_sequences(api, user, amqp_url, messaging_prefix):
+def test_gmail_disconnected_event_pauses_running_sequences(api, user, mailer_bus):
     user_id, _ = user
     _, seq = _start(api, user_id, [{"body": "p", "delay": "P1D"}])
     assert wait_for(lambda: _seq(api, user_id, seq["id"])["status"] == "active")
-    publish_event(amqp_url, messaging_prefix, "gmail.disconnected", user_id, {"reason": "needs_reconnect"})
+    publish_event(mailer_bus, "gmail.disconnected", user_id, {"reason": "needs_reconnect"})
     body = wait_for(lambda: (b := _seq(api, user_id, seq["id"]))["status"] == "paused" and b, timeout=20)
     assert body and body["pause_reason"] == "gmail_disconnected"

@@ -75,9 +75,10 @@ class Saga:
 
     def request_revoke(self, user: str, deletion_id: str, envelope: dict | None = None) -> dict:
         envelope = envelope or make_envelope("account.revoke_requested", user, {"deletion_id": deletion_id})
+        # The operator's login may sign as accounts, the event's registered producer.
         self.conn.Producer().publish(json.dumps(envelope), exchange=self.events, routing_key=envelope["type"],
                                      content_type="application/json", message_id=envelope["id"],
-                                     declare=[self.events])
+                                     user_id=f"{self.vault.prefix}-accounts")
         return envelope
 
     def purged_reports(self, user: str) -> list[dict]:
@@ -132,8 +133,8 @@ def _in_ten_minutes() -> Timestamp:
 
 def _assert_served_nothing(vault, user: str) -> None:
     for process in vault.processes:
-        for caller in ("mailer", "reply-watcher"):
-            refused = _refused(lambda p=process, c=caller: vault.access_token(user, c, p))
+        for caller, scopes in (("mailer", ()), ("reply-watcher", (METADATA_SCOPE,))):
+            refused = _refused(lambda p=process, c=caller, s=scopes: vault.access_token(user, c, p, scopes=s))
             assert refused.code() == grpc.StatusCode.NOT_FOUND
     assert vault.grant_info(user).connected is False
 
@@ -215,8 +216,8 @@ def test_after_the_purge_nothing_is_served_or_stored_and_a_redelivery_reports_ag
                                                                          expires_at=_in_ten_minutes()),
                                       metadata=call_metadata(user), timeout=10)
     assert nonce.fresh is False
-    assert vault.stub("accounts").RevokeGrant(vault_pb2.RevokeGrantRequest(reason="account_deleted"),
-                                              metadata=call_metadata(user), timeout=10).revoked is False
+    assert vault.stub("auth-gateway").RevokeGrant(vault_pb2.RevokeGrantRequest(reason="user_disconnected"),
+                                                  metadata=call_metadata(user), timeout=10).revoked is False
 
     saga.request_revoke(user, deletion_id, envelope)  # the same message, delivered again
     reports = saga.wait_reports(user, 2)

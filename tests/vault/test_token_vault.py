@@ -17,6 +17,8 @@ from coffeeping.types.v1 import export_pb2
 from coffeeping.vault.v1 import vault_pb2
 from coffeeping_vault.kms import CloudKmsWrapper
 
+METADATA = "https://www.googleapis.com/auth/gmail.metadata"
+
 
 def _code(exc_info: pytest.ExceptionInfo) -> grpc.StatusCode:
     return exc_info.value.code()
@@ -33,7 +35,7 @@ def test_only_the_mailer_and_the_reply_watcher_obtain_access_tokens(vault):
     user, email = new_user("authz")
     vault.connect(user, email)
     assert vault.access_token(user, "mailer").access_token
-    assert vault.access_token(user, "reply-watcher").access_token
+    assert vault.access_token(user, "reply-watcher", scopes=(METADATA,)).access_token
     for caller in ("auth-gateway", "accounts", "token-vault"):
         with pytest.raises(grpc.RpcError) as refused:
             vault.access_token(user, caller)
@@ -151,7 +153,7 @@ def test_a_token_with_more_than_five_minutes_left_is_served_without_a_refresh(va
     user, email = new_user("fresh")
     vault.connect(user, email)
     first = vault.access_token(user)
-    second = vault.access_token(user, "reply-watcher", vault.processes[1])
+    second = vault.access_token(user, "mailer", vault.processes[1])
     assert first.access_token == second.access_token
     assert first.email == email and "https://www.googleapis.com/auth/gmail.send" in first.scopes
     assert vault.google.oauth.refresh_count(email) == 0
@@ -300,12 +302,12 @@ def test_a_revoke_answered_400_already_revoked_counts_as_done(vault):
     user, email = new_user("revoked400")
     vault.connect(user, email)
     vault.google.oauth.revoke_grants(email=email)
-    reply = vault.stub("accounts").RevokeGrant(vault_pb2.RevokeGrantRequest(reason="account_deleted"),
-                                               metadata=call_metadata(user), timeout=30)
+    reply = vault.stub("auth-gateway").RevokeGrant(vault_pb2.RevokeGrantRequest(reason="user_disconnected"),
+                                                   metadata=call_metadata(user), timeout=30)
     assert reply.revoked
     assert not vault.grant_info(user).connected
     detail = vault.db.rows("SELECT detail FROM vault.audit WHERE user_id = %s AND action = 'revoked'", user)
-    assert detail == [("account_deleted; already revoked",)]
+    assert detail == [("user_disconnected; already revoked",)]
 
 
 # -- nonces, export ----------------------------------------------------------------------------------

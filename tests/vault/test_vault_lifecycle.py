@@ -14,8 +14,6 @@ from kombu import Connection, Exchange, Queue
 from vault_support import KMS_KEY, free_port, new_user
 
 from coffeeping.common.messaging import make_envelope
-from coffeeping.common.rpc import call_metadata
-from coffeeping.vault.v1 import vault_pb2
 
 
 def _run(vault, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -90,7 +88,8 @@ def test_account_revoke_requested_revokes_at_google_purges_every_row_and_reports
         producer = conn.Producer()
         for _ in range(2):  # a duplicate delivery is harmless
             producer.publish(json.dumps(envelope), exchange=events, routing_key="account.revoke_requested",
-                             content_type="application/json", message_id=envelope["id"], declare=[events])
+                             content_type="application/json", message_id=envelope["id"],
+                             user_id=f"{vault.prefix}-accounts")
 
         def purged() -> bool:
             return all(vault.db.rows(f"SELECT count(*) FROM vault.{t} WHERE user_id = %s", user) == [(0,)]
@@ -106,8 +105,7 @@ def test_account_revoke_requested_revokes_at_google_purges_every_row_and_reports
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     vault.settle()  # longer than an audit flush interval: nothing queued brings the trail back
     assert vault.db.rows("SELECT count(*) FROM vault.audit WHERE user_id = %s", user) == [(0,)]
-    assert vault.stub("accounts").GetGrantInfo(vault_pb2.GetGrantInfoRequest(), metadata=call_metadata(user),
-                                               timeout=10).connected is False
+    assert vault.grant_info(user).connected is False
 
 
 def _queue_exists(conn: Connection, name: str) -> bool:

@@ -77,7 +77,8 @@ class VaultHarness:
     google: Sandbox
     certs: Path
     prefix: str
-    amqp_url: str
+    amqp_url: str  # the tests' own login (the broker's operator, which may sign as accounts)
+    vault_amqp_url: str  # the vault processes' login
     logs: Path
     local_key: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode())
     processes: list[VaultProcess] = field(default_factory=list)
@@ -88,7 +89,7 @@ class VaultHarness:
             "PATH": os.environ.get("PATH", ""),
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": self.db.app_url,
-            "RABBITMQ_URL": self.amqp_url,
+            "RABBITMQ_URL": self.vault_amqp_url,
             "MESSAGING_PREFIX": self.prefix,
             "TOMBSTONE_KEY": "test-tombstone-key-" + "x" * 32,
             "TLS_CA_CERT": str(self.certs / "ca.pem"),

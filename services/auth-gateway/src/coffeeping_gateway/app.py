@@ -28,12 +28,26 @@ SECURITY_HEADERS = {
 }
 
 
-def _bearer_token() -> str | None:
+SESSION_COOKIE = "__session"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _session_token() -> tuple[str | None, bool]:
+    """The session token and whether it came from the cookie (an Authorization header always wins)."""
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
-    return request.cookies.get("__session")
+        return (token.strip() if scheme.lower() == "bearer" else ""), False
+    return request.cookies.get(SESSION_COOKIE), True
+
+
+def _cross_site(from_cookie: bool, allowed_origins: tuple[str, ...]) -> bool:
+    """A state-changing request riding on the cookie must come from one of our own origins.
+
+    A browser attaches the cookie to a form post or fetch from any site, but never lets that site set
+    ``Origin`` or ``Authorization``: a Bearer request is the app's own, a cookie one needs the Origin.
+    """
+    return from_cookie and request.method in UNSAFE_METHODS and request.headers.get("Origin") not in allowed_origins
 
 
 def create_app(settings: Settings, verifier: ClerkVerifier | None = None, clients: Clients | None = None) -> Flask:
@@ -45,6 +59,9 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         JwksCache(settings.clerk_jwks_url), settings.clerk_issuer, settings.clerk_authorized_parties
     )
     app.extensions["coffeeping.clients"] = clients or Clients(settings, settings.for_service("auth-gateway"))
+    if not settings.clerk_authorized_parties:
+        log.warning("CLERK_AUTHORIZED_PARTIES is empty: the azp of session tokens is not checked "
+                    "(allowed only with COFFEEPING_ENV=development)")
     for blueprint in views.blueprints():
         app.register_blueprint(blueprint)
 
@@ -62,13 +79,18 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         view = app.view_functions.get(request.endpoint or "")
         if view is None or getattr(view, "public", False):
             return None
-        token = _bearer_token()
+        token, from_cookie = _session_token()
         try:
             g.session = app.extensions["coffeeping.verifier"].verify(token or "")
         except InvalidToken as exc:
             log.info("authentication refused", extra={"reason": str(exc)})
             return problem_response(401, "a valid session token is required",
                                     headers={"WWW-Authenticate": "Bearer"})
+        if _cross_site(from_cookie, settings.cors_origins):
+            log.info("cross-site request refused", extra={"method": request.method, "route": request.url_rule.rule
+                                                          if request.url_rule else "unmatched"})
+            return problem_response(403, "a request authenticated by the session cookie must come from the app's "
+                                    "own origin")
         return None
 
     @app.after_request

@@ -1,8 +1,9 @@
 """Clerk session-token verification: the only place a session token is checked.
 
 Every check is explicit (Clerk's own SDK skips the issuer check): RS256 only, a key from the
-configured JWKS, ``iss`` equal to ``CLERK_ISSUER``, ``azp`` (when present) in the allowed parties,
-``exp``/``nbf``/``iat``/``sub``/``sid`` present, 5 s leeway. Every failure is the same 401.
+configured JWKS, ``iss`` equal to ``CLERK_ISSUER``, ``azp`` present and in the allowed parties (the
+settings require them outside development), ``exp``/``nbf``/``iat``/``sub``/``sid`` present, 5 s
+leeway. Every failure is the same 401. Nothing here logs a token, a header or a claim value.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ class Session:
 
 
 class JwksCache:
-    """The issuer's keys, refetched when an unknown ``kid`` appears, at a bounded rate.
+    """The issuer's keys, refetched when stale or when an unknown ``kid`` appears, at a bounded rate.
 
-    A token bucket (``burst`` refetches, refilled one per ``refill_s``) lets a rotated key be picked
-    up at once while a flood of made-up kids costs the issuer at most one fetch per ``refill_s``.
-    Only one fetch runs at a time; waiting requests use its result.
+    Every fetch attempt, whatever its cause and outcome, spends a token from one bucket (``burst``
+    attempts, refilled one per ``refill_s``): a rotated key is picked up at once, while a flood of
+    made-up kids or a JWKS outage costs the issuer at most ``burst`` attempts plus one per ``refill_s``
+    in each process, never one per request. A failed fetch keeps the keys already known, which go on
+    verifying (a request holding one never waits for a fetch); only a kid never seen is refused.
+    Only one fetch runs at a time; requests that need its result wait for it.
     """
 
     def __init__(self, url: str, lifespan_s: float = 300.0, burst: int = 3, refill_s: float = 10.0,
@@ -51,12 +55,17 @@ class JwksCache:
         self.burst = burst
         self.refill_s = refill_s
         self.timeout_s = timeout_s
+        self.attempts = 0  # fetch attempts since start (logged with each one)
+        self.failures = 0  # consecutive failed attempts
         self._keys: dict[str, Any] = {}
-        self._fetched_at = 0.0
+        self._fetched_at: float | None = None
         self._tokens = float(burst)
         self._last_refill = time.monotonic()
         self._lock = threading.Lock()
         self._session = requests.Session()
+
+    def _stale(self) -> bool:
+        return self._fetched_at is None or time.monotonic() - self._fetched_at > self.lifespan_s
 
     def _take_token(self) -> bool:
         now = time.monotonic()
@@ -77,27 +86,38 @@ class JwksCache:
         self._keys = keys
         self._fetched_at = time.monotonic()
 
+    def _refresh_if_allowed(self) -> None:
+        """One fetch attempt if the bucket allows it (call with the lock held); failures keep the old keys."""
+        if not self._take_token():
+            return
+        self.attempts += 1
+        try:
+            self._fetch()
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            self.failures += 1
+            log.warning("jwks fetch failed", extra={"error": type(exc).__name__, "attempts": self.attempts,
+                                                    "consecutive_failures": self.failures,
+                                                    "known_keys": len(self._keys)})
+            return
+        self.failures = 0
+        log.info("jwks fetched", extra={"attempts": self.attempts, "known_keys": len(self._keys)})
+
     def key_for(self, kid: str) -> Any:
         if not _KID.match(kid):
             raise InvalidToken("malformed kid")
         key = self._keys.get(kid)
-        stale = time.monotonic() - self._fetched_at > self.lifespan_s
-        if key is not None and not stale:
+        if key is not None and not self._stale():
             return key
-        with self._lock:
+        # A known key never waits behind a fetch (which may hang until its timeout in an outage).
+        if not self._lock.acquire(blocking=key is None):
+            return key
+        try:
             key = self._keys.get(kid)
-            stale = time.monotonic() - self._fetched_at > self.lifespan_s
-            if key is not None and not stale:
-                return key
-            if stale or self._take_token():
-                try:
-                    self._fetch()
-                except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
-                    log.warning("jwks fetch failed", extra={"error": type(exc).__name__})
-                    if key is not None:
-                        return key  # keep serving the known key through a JWKS outage
-                    raise InvalidToken("jwks unavailable") from None
-            key = self._keys.get(kid)
+            if key is None or self._stale():
+                self._refresh_if_allowed()
+                key = self._keys.get(kid)
+        finally:
+            self._lock.release()
         if key is None:
             raise InvalidToken("unknown kid")
         return key
@@ -134,8 +154,8 @@ class ClerkVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from None
-        azp = claims.get("azp")
-        if azp is not None and azp not in self.authorized_parties:
+        # Empty only in development (see config): then any Clerk frontend's token is accepted.
+        if self.authorized_parties and claims.get("azp") not in self.authorized_parties:
             raise InvalidToken("azp")
         sub, sid, iat = claims.get("sub"), claims.get("sid"), claims.get("iat")
         if not isinstance(sub, str) or not re.fullmatch(r"[A-Za-z0-9_\-]{1,128}", sub):

@@ -1,13 +1,26 @@
+"""The gateway's settings, read once at start-up (``load_or_exit``): a bad one stops it with one line."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coffeeping.common.config import csv_list, host_port, integer, secret_text, setting, url
+from coffeeping.common.config import ConfigError, csv_list, host_port, integer, secret_text, setting, url
 from coffeeping.common.rpc import TlsSettings
+
+DEVELOPMENT, PRODUCTION = "development", "production"
+
+
+def environment(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in (DEVELOPMENT, PRODUCTION):
+        raise ValueError(f"must be {DEVELOPMENT} or {PRODUCTION}")
+    return value
 
 
 @dataclass(frozen=True)
 class Settings(TlsSettings):
+    # Unset means production, so a forgotten setting fails closed; any other value stops the start.
+    environment: str = setting("COFFEEPING_ENV", environment, default=PRODUCTION)
     port: int = setting("GATEWAY_PORT", integer(1, 65535), default=8080)
     workers: int = setting("GATEWAY_WORKERS", integer(1, 64), default=2)
     threads: int = setting("GATEWAY_THREADS", integer(1, 256), default=16)
@@ -29,3 +42,9 @@ class Settings(TlsSettings):
     rpc_timeout_s: int = setting("GATEWAY_RPC_TIMEOUT_S", integer(1, 600), default=30)
     log_level: str = setting("LOG_LEVEL", default="INFO")
     pubsub_verification_token: str = setting("GMAIL_PUSH_TOKEN", default="", secret=True)
+
+    def __post_init__(self) -> None:
+        # Without allowed parties a session token minted for any other Clerk frontend would be accepted;
+        # only a developer's machine may run so (the gateway then checks no ``azp``).
+        if not self.clerk_authorized_parties and self.environment != DEVELOPMENT:
+            raise ConfigError("CLERK_AUTHORIZED_PARTIES is required unless COFFEEPING_ENV=development")

@@ -21,17 +21,22 @@ _PROBLEM = {
 # Once an account's deletion is accepted, every route of that user answers 410 but the deletion's own
 # (a repeated DELETE answers the deletion's status).
 _NOT_GONE = {"/v1/account", "/v1/account/deletion"}
+# Every state-changing route behind a session refuses a cookie-authenticated request from a foreign
+# Origin (the app's check, before any view runs).
+_UNSAFE = {"post", "put", "patch", "delete"}
 
 
 def _paths() -> dict[str, Any]:
     paths = views.paths()
     for path, item in paths.items():
-        if path in _NOT_GONE:
-            continue
-        for operation in item.values():
+        for method, operation in item.items():
             responses = operation.get("responses", {})
-            if "401" in responses:
+            if "401" not in responses:
+                continue
+            if path not in _NOT_GONE:
                 responses.setdefault("410", {"$ref": "#/components/responses/AccountDeleted"})
+            if method in _UNSAFE:
+                responses.setdefault("403", {"$ref": "#/components/responses/CrossSiteRefused"})
     return paths
 
 
@@ -42,8 +47,9 @@ def document() -> dict[str, Any]:
             "title": "CoffeePing API",
             "version": "1.0.0",
             "description": "Cold email with follow-ups that stop when the contact replies. Every /v1 route needs "
-            "a Clerk session token (Authorization: Bearer, or the __session cookie). Errors are "
-            "application/problem+json (RFC 9457).",
+            "a Clerk session token (Authorization: Bearer, or the __session cookie). A POST, PUT, PATCH or "
+            "DELETE authenticated by the cookie must carry an Origin among the allowed origins (403 otherwise). "
+            "Errors are application/problem+json (RFC 9457).",
         },
         "security": [{"clerkSession": []}],
         "paths": _paths(),
@@ -53,6 +59,11 @@ def document() -> dict[str, Any]:
             "responses": {
                 "Unauthorized": {
                     "description": "missing or invalid session token",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+                "CrossSiteRefused": {
+                    "description": "authenticated by the __session cookie without an allowed Origin (a request "
+                    "from another site); send the app's Origin, or use Authorization: Bearer",
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
                 },
                 "AccountDeleted": {

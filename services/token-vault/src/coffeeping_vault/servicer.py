@@ -1,8 +1,9 @@
 """The token-vault gRPC API.
 
-Callers are authorised by service identity (the mTLS certificate): only the gateway stores a grant
-or consumes OAuth state nonces; only the mailer and the reply watcher obtain access tokens; no method
-returns a refresh token.
+Callers are authorised by service identity (the mTLS certificate), each for the methods its code calls
+and nothing more: the gateway stores, describes and revokes a grant and consumes OAuth state nonces;
+the mailer and the reply watcher obtain access tokens, each for its own scope sets only
+(``services.CALLER_SCOPES``); accounts exports. No method returns a refresh token.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from coffeeping.common.rpc import GATEWAY, Allow, allow, current_caller, current
 from coffeeping.types.v1 import export_pb2
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 from coffeeping_vault.services import (
+    ACCOUNTS,
     GOOGLE_UNAVAILABLE,
     KMS_UNAVAILABLE,
+    MAILER,
+    WATCHER,
     GrantView,
     IntegrityFailure,
     NeedsReconnect,
     NotConnected,
     Refused,
+    ScopeNotAllowed,
     Unavailable,
     Vault,
     VaultError,
@@ -33,15 +38,18 @@ from coffeeping_vault.services import (
 
 log = logging.getLogger(__name__)
 
-MAILER, WATCHER, ACCOUNTS = "mailer", "reply-watcher", "accounts"
 _SERVICE = "/coffeeping.vault.v1.TokenVault/"
+# Who calls what (grep the callers before widening): the gateway's Gmail views and /v1/me; the mailer's
+# and the watcher's VaultTokenSource; accounts' export fan-in. Accounts reaches a deleted user's grant
+# through the ``account.revoke_requested`` event, never through RevokeGrant.
 POLICY: dict[str, Allow] = {
     _SERVICE + "CompleteConnection": allow(GATEWAY),
     _SERVICE + "ConsumeStateNonce": allow(GATEWAY),
     _SERVICE + "GetAccessToken": allow(MAILER, WATCHER, user_from=[MAILER, WATCHER]),
-    _SERVICE + "GetGrantInfo": allow(GATEWAY, ACCOUNTS, user_from=[GATEWAY, ACCOUNTS]),
-    _SERVICE + "RevokeGrant": allow(GATEWAY, ACCOUNTS, user_from=[GATEWAY, ACCOUNTS]),
+    _SERVICE + "GetGrantInfo": allow(GATEWAY),
+    _SERVICE + "RevokeGrant": allow(GATEWAY),
     _SERVICE + "ExportData": allow(ACCOUNTS, user_from=[ACCOUNTS]),
+    # Liveness only (no user, no data): every service may ask.
     _SERVICE + "Ping": allow(GATEWAY, ACCOUNTS, MAILER, WATCHER, "token-vault", needs_user=False),
 }
 _REVOKE_REASONS = {"user_disconnected", "account_deleted"}
@@ -75,6 +83,8 @@ def _grant_info(view: GrantView) -> vault_pb2.GrantInfo:
 
 
 def _abort(context: grpc.ServicerContext, exc: VaultError) -> None:
+    if isinstance(exc, ScopeNotAllowed):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "scope set not allowed for this caller")
     if isinstance(exc, NotConnected):
         context.abort(grpc.StatusCode.NOT_FOUND, "no Gmail connection")
     if isinstance(exc, NeedsReconnect):

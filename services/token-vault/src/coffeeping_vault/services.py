@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 SCHEMA = "vault"
 SCOPE_BASE = "https://www.googleapis.com/auth/"
 REQUIRED_SCOPES = tuple(SCOPE_BASE + s for s in ("gmail.send", "gmail.compose", "gmail.metadata", "userinfo.email"))
+SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL = REQUIRED_SCOPES[1], REQUIRED_SCOPES[2], REQUIRED_SCOPES[3]
+# Google reports the short ``email`` under its long name (userinfo.email), so no alias is accepted for it.
+# It has been seen to add ``openid`` on its own to a consent for userinfo.email (oauthlib's "Scope has
+# changed" reports); ``openid`` reaches nothing userinfo.email does not (the account's id), so beside
+# userinfo.email it is not a fifth scope. It never stands in for userinfo.email.
+IDENTITY_EXTRAS = frozenset({"openid"})
+
+MAILER, WATCHER, ACCOUNTS = "mailer", "reply-watcher", "accounts"
+# The exact scope sets each service's code asks for, and nothing wider; () is the whole grant. The reply
+# watcher reads thread metadata only; the mailer sends with the grant and reads its own drafts with a
+# compose-only token (Gmail refuses content to any token that holds gmail.metadata).
+CALLER_SCOPES: dict[str, frozenset[tuple[str, ...]]] = {
+    MAILER: frozenset({(), (SCOPE_COMPOSE,)}),
+    WATCHER: frozenset({(SCOPE_METADATA,)}),
+}
 # Serve the stored access token while it has more than this left; refresh otherwise.
 FRESH_FOR = dt.timedelta(minutes=5)
 _LOCK_STRIPES = 256
@@ -82,6 +97,21 @@ class Refused(VaultError):
 
 class IntegrityFailure(VaultError):
     reason = "integrity"
+
+
+class ScopeNotAllowed(VaultError):
+    """The caller asked for a scope set its service never needs: refused whatever the user's grant holds."""
+
+    reason = "scope_not_allowed"
+
+
+class ExcessScopes(Refused):
+    """A consent granted more than the four scopes: refused, and the new grant revoked at Google."""
+
+    def __init__(self, names: str, account_sub: str = "") -> None:
+        super().__init__("excess_scope:" + names)
+        self.revoke_new = True
+        self.account_sub = account_sub  # the consent's Google account, when we already hold a grant
 
 
 class AccountDeleted(Refused):
@@ -145,6 +175,32 @@ def requested_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     if len(wanted) > _MAX_SCOPES or any(not s or len(s) > 256 or not s.isprintable() or " " in s for s in wanted):
         raise Refused("invalid_scopes", precondition=False)
     return tuple(wanted)
+
+
+def check_caller_scopes(caller: str, wanted: tuple[str, ...]) -> None:
+    """Refuse a scope set the calling service does not use (``requested_scopes`` output, sorted).
+
+    Checked before anything is read: a compromised service learns nothing about the user by asking for
+    more, and its attempts are logged (caller and scope names, never a token).
+    """
+    if wanted not in CALLER_SCOPES.get(caller, frozenset()):
+        log.warning("token refused: scope set not allowed for this caller",
+                    extra={"caller": caller, "scopes": _scope_detail(wanted) or "whole grant"})
+        raise ScopeNotAllowed()
+
+
+def scope_names(scopes: Iterable[str]) -> str:
+    """Scope names for a reason code: ``gmail.readonly``, ``mail.google.com``, ``openid`` (letters and dots)."""
+    names = (short_scope(s).removeprefix("https://").removeprefix("http://").rstrip("/") for s in scopes)
+    return ",".join(sorted(names))
+
+
+def excess_scopes(granted: set[str]) -> list[str]:
+    """What a consent granted beyond the four scopes (see ``IDENTITY_EXTRAS``)."""
+    extra = granted - set(REQUIRED_SCOPES)
+    if SCOPE_USERINFO_EMAIL in granted:
+        extra -= IDENTITY_EXTRAS
+    return sorted(extra)
 
 
 def _field(which: str, scope_key: str) -> str:
@@ -241,10 +297,17 @@ class Vault:
             self._audit_tx(user_id, caller, "connect", "failed", exc.reason)
             if getattr(exc, "revoke_new", False):
                 self._revoke_quietly(tokens)
+            if isinstance(exc, ExcessScopes):
+                self._after_excess_revoked(user_id, caller, exc.account_sub)
             raise
 
     def _store_connection(self, user_id: str, caller: str, tokens: TokenResponse) -> GrantView:
         granted = set(tokens.scopes)
+        excess = excess_scopes(granted)
+        if excess:
+            # Never more than the four: the new grant is revoked at Google even when it costs a grant we
+            # hold (Google ends every token of the account's grant; see ``_after_excess_revoked``).
+            raise ExcessScopes(scope_names(excess), self._account_sub(tokens) if self._has_grant(user_id) else "")
         missing = [s for s in REQUIRED_SCOPES if s not in granted]
         if missing:
             exc: VaultError = Refused("missing_scope:" + ",".join(short_scope(s) for s in missing))
@@ -316,6 +379,28 @@ class Vault:
         log.info("grant stored", extra={"detail": detail})
         return _view(row)
 
+    def _account_sub(self, tokens: TokenResponse) -> str:
+        """The Google account behind ``tokens`` ("" when Google does not say): whether a refused consent's
+        revocation also ends the grant we hold."""
+        try:
+            return self.google.userinfo(tokens.access_token).sub
+        except (GoogleUnavailable, OAuthRefused):
+            return ""
+
+    def _after_excess_revoked(self, user_id: str, caller: str, account_sub: str) -> None:
+        """Revoking a refused consent ended the held grant too when both are the same Google account's:
+        say so at once (needs reconnect) rather than at the next refresh."""
+        if not account_sub:
+            return
+        with user_tx(self.engine, user_id, system=True) as conn:
+            _lock_user(conn, user_id)
+            row = conn.execute(select(grants.c.google_sub, grants.c.status).where(grants.c.user_id == user_id)
+                               .with_for_update()).first()
+            if row is None or row.google_sub != account_sub or row.status != "connected" or self._buried(conn, user_id):
+                return
+            self._mark_needs_reconnect(conn, user_id, caller, "revoked with a refused consent")
+        self.cache.invalidate(user_id)
+
     def _has_grant(self, user_id: str) -> bool:
         with user_tx(self.engine, user_id) as conn:
             return conn.execute(select(grants.c.user_id).where(grants.c.user_id == user_id)).first() is not None
@@ -343,7 +428,8 @@ class Vault:
 
     # -- access tokens --------------------------------------------------------------------------------
     def get_access_token(self, user_id: str, caller: str, scopes: Iterable[str] = ()) -> IssuedToken:
-        """An access token for the whole grant, or for exactly ``scopes`` (a subset of it).
+        """An access token for the whole grant, or for exactly ``scopes`` (a subset of it), when the
+        calling service may have that scope set (``CALLER_SCOPES``; ``ScopeNotAllowed`` otherwise).
 
         Served from memory while it has more than 5 minutes left (see ``token_cache``), else the
         stored one while it does, else a refreshed one. Concurrent requests for one (user, scope set)
@@ -351,6 +437,7 @@ class Vault:
         row lock, and each re-checks freshness once it holds it. Every hand-out is recorded.
         """
         wanted = requested_scopes(scopes)
+        check_caller_scopes(caller, wanted)
         cache_key = " ".join(wanted)
         generation = self.cache.generation()
         hit = self.cache.get(user_id, cache_key)

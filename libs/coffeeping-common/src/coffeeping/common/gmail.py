@@ -50,6 +50,11 @@ class VaultUnavailable(Exception):
     """The vault (or Google behind it) could not give a token right now; retry later."""
 
 
+class ScopesRefused(RuntimeError):
+    """The vault does not give this caller these scopes (PERMISSION_DENIED): a bug, never retried as an
+    outage."""
+
+
 @dataclass(frozen=True)
 class AccessToken:
     token: str
@@ -89,6 +94,8 @@ class VaultTokenSource:
                 if details.startswith("scope_not_granted"):
                     raise ScopeNotGranted(details) from None
                 raise NeedsReconnect(user_id) from None
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise ScopesRefused(exc.details() or "permission denied") from None
             raise VaultUnavailable(exc.code().name) from None
         token = AccessToken(
             reply.access_token,

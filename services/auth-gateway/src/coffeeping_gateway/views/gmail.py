@@ -1,6 +1,7 @@
 """Connecting and disconnecting Gmail.
 
-``POST /v1/gmail/connect`` answers Google's consent URL (minimal scopes, offline access, PKCE S256,
+``POST /v1/gmail/connect`` answers Google's consent URL (exactly the four scopes, without
+``include_granted_scopes`` so that Google adds no earlier grant's scopes, offline access, PKCE S256,
 signed state) and sets the browser-binding cookie. ``GET /v1/gmail/callback`` is where Google sends
 the browser back: it verifies the state and hands the code and PKCE verifier to the token vault,
 which exchanges and stores the grant; the gateway never holds a Google token. The callback always
@@ -34,8 +35,15 @@ SCOPES = (
     "https://www.googleapis.com/auth/gmail.metadata",
     "https://www.googleapis.com/auth/userinfo.email",
 )
-# Reason codes the vault may give for a refused connection, passed on to the app as they are.
-_VAULT_REASON = re.compile(r"^(different_account|missing_scope:[a-z.]+(,[a-z.]+)*)$")
+# Reason codes the vault may give for a refused connection, passed on to the app as they are: a scope
+# unticked (missing_scope) or one more than the four (excess_scope, the new grant then revoked at Google),
+# another Google account than the one connected, or a deleted account.
+_VAULT_REASON = re.compile(r"different_account|account_deleted|(missing|excess)_scope:[a-z.]+(,[a-z.]+)*")
+
+
+def known_vault_reason(details: str) -> str | None:
+    """The vault's refusal reason when it is one of the codes above (whole string, no trailing newline)."""
+    return details if _VAULT_REASON.fullmatch(details) else None
 
 
 def _signer() -> StateSigner:
@@ -71,7 +79,6 @@ def connect() -> Any:
         "response_type": "code",
         "scope": " ".join(SCOPES),
         "access_type": "offline",
-        "include_granted_scopes": "true",
         "state": pending.state,
         "code_challenge": pending.code_challenge,
         "code_challenge_method": "S256",
@@ -116,7 +123,7 @@ def callback() -> Response:
         )
     except grpc.RpcError as exc:
         status, details = exc.code(), exc.details() or ""
-        if status == grpc.StatusCode.FAILED_PRECONDITION and _VAULT_REASON.match(details):
+        if status == grpc.StatusCode.FAILED_PRECONDITION and known_vault_reason(details):
             return _refuse(details, "vault refused")
         if status == grpc.StatusCode.INVALID_ARGUMENT:
             return _refuse("exchange_failed", "vault refused the code")
@@ -133,7 +140,8 @@ def disconnect() -> Response:
 
 _REDIRECT = {
     "description": "to APP_URL with `?gmail=connected` or `?gmail=error&reason=...` (invalid_state, "
-    "access_denied, authorization_failed, missing_code, missing_scope:<names>, different_account, "
+    "access_denied, authorization_failed, missing_code, missing_scope:<names>, excess_scope:<names> (Google "
+    "granted more than the four scopes; the new grant is revoked), different_account, account_deleted, "
     "exchange_failed, temporarily_unavailable)",
     "headers": {"Location": {"schema": {"type": "string"}}},
 }
@@ -143,8 +151,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "Start connecting Gmail: Google's consent URL (PKCE S256, signed single-use state)",
             "description": "Sets an HttpOnly, Secure, SameSite=Lax cookie that binds the flow to this browser; "
-            "the callback must come back with it. Asks for gmail.send, gmail.compose, gmail.metadata and "
-            "userinfo.email with offline access.",
+            "the callback must come back with it. Asks for exactly gmail.send, gmail.compose, gmail.metadata and "
+            "userinfo.email with offline access; a consent granting fewer or more is refused.",
             "responses": {
                 "200": {"description": "where to send the browser", "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/GmailConnect"}}}},
