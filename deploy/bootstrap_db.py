@@ -37,13 +37,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from coffeeping.common import services
+
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = {
-    "accounts": ROOT / "services" / "accounts" / "migrations",
-    "vault": ROOT / "services" / "token-vault" / "migrations",
-    "mailer": ROOT / "services" / "mailer" / "migrations",
-    "watcher": ROOT / "services" / "reply-watcher" / "migrations",
-}
+SCHEMAS = {s.schema: ROOT / s.folder / "migrations" for s in services.BACKENDS if s.schema}
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -171,9 +168,9 @@ CONTAINER_SECRETS: dict[str, tuple[str, ...]] = {
     "sandbox": ("GOOGLE_CLIENT_SECRET",),
 }
 # The backends and their schema: database login cp_<schema>, broker login <prefix>-<container>.
-BACKEND_SCHEMAS = {"accounts": "accounts", "token-vault": "vault", "mailer": "mailer", "reply-watcher": "watcher"}
+BACKEND_SCHEMAS = {s.name: s.schema for s in services.BACKENDS if s.schema}
 # The containers that speak gRPC with mutual TLS (the sandbox does not).
-MTLS_CONTAINERS = ("accounts", "token-vault", "mailer", "reply-watcher", "auth-gateway")
+MTLS_CONTAINERS = tuple(s.name for s in services.ALL)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

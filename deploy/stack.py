@@ -30,14 +30,10 @@ from bootstrap_broker import (  # noqa: E402
 )
 from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
 
-SERVICES = {
-    # name: (module, schema or None, default port)
-    "accounts": ("coffeeping_accounts", "accounts", 50051),
-    "token-vault": ("coffeeping_vault", "vault", 50052),
-    "mailer": ("coffeeping_mailer", "mailer", 50053),
-    "reply-watcher": ("coffeeping_watcher", "watcher", 50054),
-    "auth-gateway": ("coffeeping_gateway", None, 8080),
-}
+from coffeeping.common import services  # noqa: E402
+
+# name: (module, schema or None, default port), from the one registry.
+SERVICES = {s.name: (s.package, s.schema, s.port) for s in services.ALL}
 GOOGLE_CLIENT_ID = "coffeeping-dev.apps.googleusercontent.com"
 SANDBOX_PORTS = {"clerk": 8701, "google": 8702, "kms": 8703}
 

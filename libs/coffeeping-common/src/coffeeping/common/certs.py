@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SERVICES = ("auth-gateway", "token-vault", "mailer", "reply-watcher", "accounts")
+from coffeeping.common import services
+
+SERVICES = tuple(service.name for service in services.ALL)
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

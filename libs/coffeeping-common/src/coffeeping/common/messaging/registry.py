@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-ACCOUNTS, VAULT, MAILER, WATCHER = "accounts", "token-vault", "mailer", "reply-watcher"
-BACKENDS = (ACCOUNTS, VAULT, MAILER, WATCHER)
+from .. import services
+
+ACCOUNTS, VAULT, MAILER, WATCHER = (s.name for s in (services.ACCOUNTS, services.VAULT, services.MAILER,
+                                                    services.WATCHER))
+BACKENDS = tuple(s.name for s in services.BACKENDS)
 
 # type: (producers, consumers)
 EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .. import services
 from ._names import (
     check_binding_key,
     check_name,
@@ -78,7 +79,7 @@ def declare_topology(
         channel.queue_bind(queue, events, routing_key=key)
 
 
-SERVICES = ("accounts", "token-vault", "mailer", "reply-watcher")
+SERVICES = tuple(service.name for service in services.BACKENDS)
 
 
 def delete_topology(amqp_url: str, prefix: str, extra_queues: Iterable[str] = ()) -> None:
