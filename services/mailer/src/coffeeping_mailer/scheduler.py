@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from coffeeping.common.db import system_tx, user_tx
+from coffeeping.common.gmail import classify_received
 from coffeeping.common.messaging import publish_in_tx
 from coffeeping.common.tombstones import is_buried
 from coffeeping_mailer import fence, schedule, services
@@ -39,7 +40,6 @@ from coffeeping_mailer.models import SCHEMA
 
 log = logging.getLogger("coffeeping_mailer.scheduler")
 UTC = dt.UTC
-_BOUNCERS = ("mailer-daemon@", "postmaster@")
 
 
 @dataclass(frozen=True)
@@ -441,10 +441,11 @@ class Scheduler:
         """(reason, when) if someone other than the user wrote in the thread since the sequence began."""
         started_ms = int(step.started_at.timestamp() * 1000) if step.started_at else 0
         for message in thread:
-            if "DRAFT" in message.label_ids or "SENT" in message.label_ids:
+            if "DRAFT" in message.label_ids or "SENT" in message.label_ids or not message.sender:
                 continue
-            if message.sender and message.sender != user_email and message.internal_date_ms >= started_ms - 5000:
-                reason = "bounced" if message.sender.startswith(_BOUNCERS) else "replied"
+            kind = classify_received(message.sender, user_email)
+            if kind != "self" and message.internal_date_ms >= started_ms - 5000:
+                reason = "bounced" if kind == "bounce" else "replied"
                 log.info("answer found in the thread before sending; sequence stopped",
                          extra={"step_id": str(step.id), "reason": reason, "gmail_message_id": message.id})
                 return reason, dt.datetime.fromtimestamp(message.internal_date_ms / 1000, UTC)

@@ -21,7 +21,6 @@ user (the vault's ``gmail.disconnected`` event pauses the mailbox until ``gmail.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import threading
 import time
@@ -34,31 +33,20 @@ from google.auth.exceptions import RefreshError, TransportError
 from googleapiclient.errors import HttpError
 from sqlalchemy import Engine
 
-from coffeeping.common.gmail import SCOPE_METADATA, NeedsReconnect, VaultTokenSource, VaultUnavailable, gmail_client
+from coffeeping.common.gmail import (
+    SCOPE_METADATA,
+    NeedsReconnect,
+    VaultTokenSource,
+    VaultUnavailable,
+    classify_received,
+    gmail_client,
+)
 from coffeeping_watcher import services
 from coffeeping_watcher.services import Decision, MailboxState
 
 log = logging.getLogger(__name__)
 
-BOUNCE_SENDERS = ("mailer-daemon", "postmaster")
 _PAGE_SIZE = 500
-
-
-def sender_address(from_value: str | None) -> str:
-    """The bare, lower-cased address of a From header value ('' when there is none)."""
-    return email.utils.parseaddr(from_value or "")[1].strip().lower()
-
-
-def classify_received(from_value: str | None, own_email: str) -> str:
-    """reply, bounce or self for a message the user did not send, from its From header alone."""
-    address = sender_address(from_value)
-    if address and own_email and address == own_email.lower():
-        return "self"
-    local = address.partition("@")[0]
-    if local in BOUNCE_SENDERS:
-        return "bounce"
-    return "reply"
-
 
 def _from_header(message: dict) -> str | None:
     for header in (message.get("payload") or {}).get("headers") or []:

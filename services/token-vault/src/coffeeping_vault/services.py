@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from coffeeping.common.db import system_tx, user_tx
+from coffeeping.common.gmail import CONSENT_SCOPES, SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL
 from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury, is_buried, subject
 from coffeeping_vault import crypto
@@ -33,8 +34,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "vault"
 SCOPE_BASE = "https://www.googleapis.com/auth/"
-REQUIRED_SCOPES = tuple(SCOPE_BASE + s for s in ("gmail.send", "gmail.compose", "gmail.metadata", "userinfo.email"))
-SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL = REQUIRED_SCOPES[1], REQUIRED_SCOPES[2], REQUIRED_SCOPES[3]
+
 # Google reports the short ``email`` under its long name (userinfo.email), so no alias is accepted for it.
 # It has been seen to add ``openid`` on its own to a consent for userinfo.email (oauthlib's "Scope has
 # changed" reports); ``openid`` reaches nothing userinfo.email does not (the account's id), so beside
@@ -197,7 +197,7 @@ def scope_names(scopes: Iterable[str]) -> str:
 
 def excess_scopes(granted: set[str]) -> list[str]:
     """What a consent granted beyond the four scopes (see ``IDENTITY_EXTRAS``)."""
-    extra = granted - set(REQUIRED_SCOPES)
+    extra = granted - set(CONSENT_SCOPES)
     if SCOPE_USERINFO_EMAIL in granted:
         extra -= IDENTITY_EXTRAS
     return sorted(extra)
@@ -308,7 +308,7 @@ class Vault:
             # Never more than the four: the new grant is revoked at Google even when it costs a grant we
             # hold (Google ends every token of the account's grant; see ``_after_excess_revoked``).
             raise ExcessScopes(scope_names(excess), self._account_sub(tokens) if self._has_grant(user_id) else "")
-        missing = [s for s in REQUIRED_SCOPES if s not in granted]
+        missing = [s for s in CONSENT_SCOPES if s not in granted]
         if missing:
             exc: VaultError = Refused("missing_scope:" + ",".join(short_scope(s) for s in missing))
             exc.revoke_new = not self._has_grant(user_id)  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ A caller may ask for a token holding only some of the grant's scopes. Gmail refu
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import threading
 from collections.abc import Iterable
@@ -36,6 +37,27 @@ _EARLY = dt.timedelta(seconds=60)
 SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"
 SCOPE_METADATA = "https://www.googleapis.com/auth/gmail.metadata"
 SCOPE_SEND = "https://www.googleapis.com/auth/gmail.send"
+SCOPE_USERINFO_EMAIL = "https://www.googleapis.com/auth/userinfo.email"
+# Exactly what the consent asks for and the vault accepts: no more, no fewer.
+CONSENT_SCOPES = (SCOPE_SEND, SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL)
+
+# Local parts of the addresses that send delivery failures.
+BOUNCE_SENDERS = ("mailer-daemon", "postmaster")
+
+
+def sender_address(from_value: str | None) -> str:
+    """The bare, lower-cased address of a From header value ('' when there is none)."""
+    return email.utils.parseaddr(from_value or "")[1].strip().lower()
+
+
+def classify_received(from_value: str | None, own_email: str) -> str:
+    """reply, bounce or self for a message the user did not send, from its From header alone."""
+    address = sender_address(from_value)
+    if address and own_email and address == own_email.lower():
+        return "self"
+    if address.partition("@")[0] in BOUNCE_SENDERS:
+        return "bounce"
+    return "reply"
 
 
 class NeedsReconnect(Exception):

@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, redirect, request
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coffeeping.accounts.v1 import accounts_pb2
+from coffeeping.common.gmail import CONSENT_SCOPES
 from coffeeping.vault.v1 import vault_pb2
 from coffeeping_gateway.oauth_state import COOKIE_NAME, COOKIE_PATH, STATE_TTL_S, InvalidState, StateSigner
 from coffeeping_gateway.web import call, clients, rate_limited, settings, user_id
@@ -29,12 +30,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("gmail", __name__)
 
-SCOPES = (
-    "https://www.googleapis.com/auth/gmail.send",
-    "https://www.googleapis.com/auth/gmail.compose",
-    "https://www.googleapis.com/auth/gmail.metadata",
-    "https://www.googleapis.com/auth/userinfo.email",
-)
+SCOPES = CONSENT_SCOPES
 # Reason codes the vault may give for a refused connection, passed on to the app as they are: a scope
 # unticked (missing_scope) or one more than the four (excess_scope, the new grant then revoked at Google),
 # another Google account than the one connected, or a deleted account.
