@@ -2,25 +2,47 @@
 
 Never a subject, a body or any header value of a received message: only Gmail ids, the kind of a
 detection and times. The user's own Gmail address and the contact's address come from our own events.
+
+Every table of the schema, as the migrations leave it (``tests/platform/test_models_match_migrations.py``
+keeps the two equal). Check constraints and row-level-security policies live in the migrations only.
 """
 
-from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Numeric, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="watcher")
+
+_NOW = text("now()")
 
 # One row per user with active watches: the history cursor and the poll schedule (system scope).
 mailboxes = Table(
     "mailboxes",
     metadata,
     Column("user_id", Text, primary_key=True),
-    Column("email", Text, nullable=False),
+    Column("email", Text, nullable=False, server_default=""),
     Column("history_id", Numeric(20, 0)),
-    Column("paused", Boolean, nullable=False),
-    Column("due_at", DateTime(timezone=True), nullable=False),
-    Column("failures", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("due_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("failures", Integer, nullable=False, server_default="0"),
     Column("last_polled_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
 )
+Index("mailboxes_due_idx", mailboxes.c.due_at, postgresql_where=text("NOT paused"))
+Index("mailboxes_email_idx", func.lower(mailboxes.c.email))
 
 # The threads of running sequences (one thread per sequence).
 watches = Table(
@@ -29,10 +51,12 @@ watches = Table(
     Column("user_id", Text, primary_key=True),
     Column("sequence_id", Text, primary_key=True),
     Column("contact_id", Text, nullable=False),
-    Column("contact_email", Text, nullable=False),
+    Column("contact_email", Text, nullable=False, server_default=""),
     Column("thread_id", Text, nullable=False),
-    Column("needs_recheck", Boolean, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("needs_recheck", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("watches_thread_idx", "user_id", "thread_id"),
+    Index("watches_contact_idx", "user_id", "contact_id"),
 )
 
 # Gmail ids of every message CoffeePing sent (from ``sequence.message_sent``).
@@ -43,7 +67,7 @@ sent_messages = Table(
     Column("message_id", Text, primary_key=True),
     Column("thread_id", Text, nullable=False),
     Column("sequence_id", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
 )
 
 # Every message of a watched thread the watcher has decided about, so none is processed twice.
@@ -57,8 +81,41 @@ seen_messages = Table(
     Column("thread_id", Text, nullable=False),
     Column("outcome", Text, nullable=False),
     Column("contact_id", Text),
-    Column("seen_at", DateTime(timezone=True), nullable=False),
-    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("decided_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("seen_messages_pending_idx", "user_id", postgresql_where=text("outcome = 'pending_sent'")),
 )
 
 DETECTIONS = ("reply", "bounce", "takeover")
+
+# Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id, ``coffeeping.common.tombstones``).
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("subject", LargeBinary, primary_key=True),
+    Column("buried_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+)
+
+# The messaging tables (``coffeeping.common.messaging``).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("body", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("published_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Index("outbox_unpublished_idx", "created_at", "id", postgresql_where=text("published_at IS NULL")),
+    Index("outbox_published_idx", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("inbox_processed_idx", "processed_at"),
+)

@@ -7,8 +7,6 @@ Create Date: 2026-12-01
 
 from alembic import op
 
-from coffeeping.common.db import rls_statements
-
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -34,8 +32,15 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX scoped_tokens_grant_idx ON vault.scoped_tokens (grant_id)")
-    for statement in rls_statements("vault", "scoped_tokens"):
-        op.execute(statement)
+    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "scoped_tokens").
+    op.execute("ALTER TABLE vault.scoped_tokens ENABLE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE vault.scoped_tokens FORCE ROW LEVEL SECURITY")
+    op.execute("DROP POLICY IF EXISTS scoped_tokens_owner ON vault.scoped_tokens")
+    op.execute(
+        "CREATE POLICY scoped_tokens_owner ON vault.scoped_tokens "
+        "USING (user_id = current_setting('app.user_id', true)) "
+        "WITH CHECK (user_id = current_setting('app.user_id', true))"
+    )
 
     # Every vault process keeps decrypted access tokens in memory; any change to a grant or a scoped
     # token (refresh, needs_reconnect, revocation, purge, or an operator's UPDATE) tells them all to

@@ -1,4 +1,9 @@
-"""What the token vault stores (schema ``vault``; DDL in ``migrations/``)."""
+"""What the token vault stores (schema ``vault``; DDL in ``migrations/``).
+
+Every table of the schema, as the migrations leave it (``tests/platform/test_models_match_migrations.py``
+keeps the two equal). Check constraints, row-level-security policies and the ``notify_grant_changed``
+trigger live in the migrations only.
+"""
 
 from sqlalchemy import (
     ARRAY,
@@ -6,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -13,10 +19,16 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="vault")
 
+_NOW = text("now()")
+
+# One data key per grant, stored wrapped only: by Cloud KMS (``wrapping = 'kms'``, with the
+# CryptoKeyVersion in ``kms_key_version``) or by the local development key (``'local'``).
 data_keys = Table(
     "data_keys",
     metadata,
@@ -26,15 +38,17 @@ data_keys = Table(
     Column("wrapping", Text, nullable=False),
     Column("kms_key_version", Text),
     Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("rewrapped_at", DateTime(timezone=True)),
+    Index("data_keys_user_idx", "user_id"),
 )
 
+# One grant per user; ``status``: connected or needs_reconnect.
 grants = Table(
     "grants",
     metadata,
     Column("user_id", Text, primary_key=True),
-    Column("grant_id", Uuid(as_uuid=False), nullable=False),
+    Column("grant_id", Uuid(as_uuid=False), nullable=False, unique=True),
     Column("key_id", Uuid(as_uuid=False), ForeignKey("vault.data_keys.key_id"), nullable=False),
     Column("format_version", SmallInteger, nullable=False),
     Column("google_sub", Text),
@@ -44,33 +58,36 @@ grants = Table(
     Column("refresh_ct", LargeBinary),
     Column("access_ct", LargeBinary),
     Column("access_expires_at", DateTime(timezone=True)),
-    Column("connected_at", DateTime(timezone=True)),
+    Column("connected_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("refreshed_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
 )
 
 scoped_tokens = Table(
     "scoped_tokens",
     metadata,
     Column("user_id", Text, primary_key=True),
-    Column("grant_id", Uuid(as_uuid=False), ForeignKey("vault.grants.grant_id"), nullable=False),
+    Column("grant_id", Uuid(as_uuid=False), ForeignKey("vault.grants.grant_id", ondelete="CASCADE"),
+           nullable=False),
     Column("scope_key", Text, primary_key=True),
     Column("scopes", ARRAY(Text), nullable=False),
     Column("access_ct", LargeBinary, nullable=False),
     Column("access_expires_at", DateTime(timezone=True), nullable=False),
-    Column("refreshed_at", DateTime(timezone=True)),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("scoped_tokens_grant_idx", "grant_id"),
 )
 
 audit = Table(
     "audit",
     metadata,
-    Column("id", BigInteger, primary_key=True),
+    Column("id", BigInteger, primary_key=True),  # bigserial
     Column("user_id", Text, nullable=False),
-    Column("at", DateTime(timezone=True)),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("caller", Text, nullable=False),
     Column("action", Text, nullable=False),
     Column("outcome", Text, nullable=False),
-    Column("detail", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Index("audit_user_idx", "user_id", "at"),
 )
 
 state_nonces = Table(
@@ -79,7 +96,8 @@ state_nonces = Table(
     Column("nonce_hash", Text, primary_key=True),
     Column("user_id", Text, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("used_at", DateTime(timezone=True)),
+    Column("used_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("state_nonces_user_idx", "user_id", "expires_at"),
 )
 
 # Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id, ``coffeeping.common.tombstones``).
@@ -87,7 +105,7 @@ tombstones = Table(
     "tombstones",
     metadata,
     Column("subject", LargeBinary, primary_key=True),
-    Column("buried_at", DateTime(timezone=True)),
+    Column("buried_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
 )
 
 # An account deletion's revocation at Google, retried until Google confirms it (``revocations.py``).
@@ -96,8 +114,33 @@ revocations = Table(
     metadata,
     Column("user_id", Text, primary_key=True),
     Column("deletion_id", Text, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("not_before", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("revocations_due_idx", "not_before"),
+)
+
+# The messaging tables (``coffeeping.common.messaging``).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Uuid(as_uuid=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("routing_key", Text, nullable=False),
+    Column("body", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("published_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Index("outbox_unpublished_idx", "created_at", "id", postgresql_where=text("published_at IS NULL")),
+    Index("outbox_published_idx", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("event_id", Uuid(as_uuid=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("inbox_processed_idx", "processed_at"),
 )
