@@ -180,7 +180,8 @@ class Gmail:
         except VaultUnavailable as exc:
             raise Transient(f"vault unavailable ({exc})") from None
 
-        def refresh(_request: Any, scopes: Any) -> tuple[str, Any]:
+        def refresh(_request: Any, _asked: Any) -> tuple[str, Any]:
+            # google-auth passes its own idea of the scopes (None here): refresh the same scope set.
             fresh = self.tokens.get(user_id, force=True, scopes=scopes)
             return fresh.token, fresh.expires_at.replace(tzinfo=None)
 
