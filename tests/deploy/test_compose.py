@@ -1,5 +1,9 @@
 """docker-compose.yml and the Dockerfiles, checked offline (no Docker engine here).
 
+The five services are built from one Dockerfile, deploy/Dockerfile, with build arguments: each compose
+service passes its own (its folder, its module, its port, its health probe), and the tests work out
+the image those arguments make. Only the sandbox and the bootstrap keep a Dockerfile of their own.
+
 The compose file must run the same system as ``deploy/stack.py``: the same settings for every service,
 health checks everywhere, and start-up ordered by ``depends_on`` conditions that name real services.
 And each container holds only what it needs: its own certificate and key, the CA certificate (never the
@@ -13,7 +17,9 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,15 +40,16 @@ from bootstrap_db import (  # noqa: E402
 )
 from stack import SERVICES, StackConfig  # noqa: E402
 
-# compose service name -> (folder with its Dockerfile, module its CMD runs)
-IMAGES = {
-    "accounts": ("services/accounts", "coffeeping_accounts"),
-    "token-vault": ("services/token-vault", "coffeeping_vault"),
-    "mailer": ("services/mailer", "coffeeping_mailer"),
-    "reply-watcher": ("services/reply-watcher", "coffeeping_watcher"),
-    "auth-gateway": ("services/auth-gateway", "coffeeping_gateway"),
-    "sandbox": ("deploy/sandbox", "coffeeping_sandbox"),
+from coffeeping.common import services as registry  # noqa: E402
+
+# The five services' images all come from this one Dockerfile, with build arguments.
+SERVICE_DOCKERFILE = "deploy/Dockerfile"
+# The images that keep a Dockerfile of their own: compose service -> (its Dockerfile, module its CMD runs).
+OWN_DOCKERFILES = {
+    "sandbox": ("deploy/sandbox/Dockerfile", "coffeeping_sandbox"),
+    "bootstrap": ("deploy/bootstrap/Dockerfile", None),
 }
+GRPC_PROBE = ["CMD", "python", "/app/grpc_health_probe.py"]
 ONE_SHOT = {"bootstrap"}
 # Set by the image itself, or only meaningful for child processes on this machine.
 PROCESS_ONLY = {"PATH", "HOME", "PYTHONUNBUFFERED"}
@@ -97,8 +104,8 @@ def devstate_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return mounts
 
 
-def dockerfile(folder: str) -> str:
-    return (ROOT / folder / "Dockerfile").read_text()
+def dockerfile(path: str) -> str:
+    return (ROOT / path).read_text()
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -122,6 +129,79 @@ def exec_form(args: str) -> list[str]:
     value = json.loads(args)
     assert isinstance(value, list), f"not exec form: {args}"
     return value
+
+
+def substitute(text: str, scope: dict[str, str]) -> str:
+    """Docker's ${NAME} / $NAME substitution (a name that is not set becomes empty)."""
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: scope.get(m.group(1) or m.group(2), ""), text)
+
+
+def stages(text: str) -> tuple[dict[str, str], list[tuple[str | None, str, list[tuple[str, str]]]]]:
+    """The ARGs declared before the first FROM (with their defaults) and each stage: (name, FROM, steps)."""
+    global_args: dict[str, str] = {}
+    found: list[tuple[str | None, str, list[tuple[str, str]]]] = []
+    for word, args in instructions(text):
+        if word == "FROM":
+            base, _, name = args.partition(" AS ") if " AS " in args else args.partition(" as ")
+            found.append((name.strip() or None, base.strip(), []))
+        elif not found:
+            assert word == "ARG", f"{word} before the first FROM"
+            key, _, default = args.partition("=")
+            global_args[key] = default
+        else:
+            found[-1][2].append((word, args))
+    return global_args, found
+
+
+def built_image(text: str, build_args: dict[str, str]) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
+    """What `docker build` makes of a Dockerfile with these build arguments: the base image, the steps of
+    the final stage and of the stages it is built FROM (in order, ARG and ENV substituted), and its ENV.
+    An ARG is visible only in the stage that declares it; ENV is inherited from the stage built upon."""
+    global_args, found = stages(text)
+    global_scope = {key: build_args.get(key, default) for key, default in global_args.items()}
+    named = {name: (base, steps) for name, base, steps in found if name}
+    chain = []
+    base, steps = found[-1][1], found[-1][2]
+    while True:
+        chain.insert(0, steps)
+        base = substitute(base, global_scope)
+        if base not in named:
+            break
+        base, steps = named[base]
+    env: dict[str, str] = {}
+    resolved = []
+    for steps in chain:
+        scope = dict(env)
+        for word, args in steps:
+            if word == "ARG":
+                key, _, default = args.partition("=")
+                scope[key] = build_args.get(key, global_scope.get(key, default))
+                continue
+            if word in ("ENV", "EXPOSE", "LABEL", "COPY", "USER", "WORKDIR"):
+                args = substitute(args, scope)
+            if word == "ENV":
+                for key, value in re.findall(r"(\w+)=(\S+)", args):
+                    env[key] = scope[key] = value
+            resolved.append((word, args))
+    return base, resolved, env
+
+
+def run_command(cmd: list[str], env: dict[str, str]) -> list[str]:
+    """The argv that an exec-form CMD ends up running; a `/bin/sh -c "exec ..."` one is expanded."""
+    if cmd[:2] in (["/bin/sh", "-c"], ["sh", "-c"]):
+        words = shlex.split(substitute(cmd[2], env))
+        assert words[0] == "exec", f"the shell must exec the service so that it gets SIGTERM: {cmd}"
+        return words[1:]
+    return cmd
+
+
+def service_build_args(spec: dict[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in spec["build"].get("args", {}).items()}
+
+
+def expected_build_args(service: registry.Service) -> dict[str, str]:
+    return {"SERVICE": service.name, "SERVICE_MODULE": service.package, "SERVICE_PORT": str(service.port),
+            "HEALTH_PROBE": "http" if service is registry.GATEWAY else "grpc"}
 
 
 def test_the_five_services_the_stand_ins_and_the_infrastructure_are_all_present(services):
@@ -160,44 +240,147 @@ def test_services_wait_for_bootstrap_and_healthy_infrastructure_and_the_gateway_
         assert gateway_needs[backend]["condition"] == "service_healthy"
 
 
-def test_each_image_has_a_dockerfile_whose_cmd_runs_the_module_and_compose_runs_the_same(services):
-    for name, (folder, module) in IMAGES.items():
+def test_every_service_is_built_from_the_one_dockerfile_with_its_own_arguments(services):
+    assert {service.name for service in registry.ALL} == set(SERVICES)
+    declared = {args.partition("=")[0] for word, args in instructions(dockerfile(SERVICE_DOCKERFILE)) if word == "ARG"}
+    for service in registry.ALL:
+        build = services[service.name]["build"]
+        assert {key: value for key, value in build.items() if key != "args"} == {
+            "context": ".", "dockerfile": SERVICE_DOCKERFILE}, service.name
+        args = service_build_args(services[service.name])
+        assert args == expected_build_args(service), service.name
+        assert set(args) == declared, f"{service.name} passes {sorted(args)}, the Dockerfile takes {sorted(declared)}"
+        assert services[service.name]["image"] == f"coffeeping/{service.name}:dev"
+
+
+def test_the_arguments_name_an_existing_service_folder_and_the_module_it_runs(services):
+    for name in SERVICES:
+        args = service_build_args(services[name])
+        folder = ROOT / "services" / args["SERVICE"]
+        assert (folder / "pyproject.toml").is_file(), f"{name}: no service folder services/{args['SERVICE']}"
+        module = args["SERVICE_MODULE"]
+        assert (folder / "src" / module / "__main__.py").is_file(), f"{name}: {module} is not runnable in {folder}"
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin, f"{module} is not importable"
+        assert Path(spec.origin).resolve().is_relative_to((folder / "src").resolve()), (module, spec.origin)
+        # Its console script runs the same module.
+        scripts = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["scripts"]
+        assert [target.split(":")[0] for target in scripts.values()] == [f"{module}.__main__"], (name, scripts)
+
+
+def test_each_service_image_runs_its_module_on_its_port_with_its_probe_as_a_non_root_user(services):
+    text = dockerfile(SERVICE_DOCKERFILE)
+    for name in SERVICES:
+        args = service_build_args(services[name])
+        base, steps, env = built_image(text, args)
+        assert base == "python:3.11-slim", name
+        cmd = exec_form(next(value for word, value in reversed(steps) if word == "CMD"))
+        assert run_command(cmd, env) == ["python", "-m", args["SERVICE_MODULE"]], (name, cmd)
+        # The compose entrypoint clears the image CMD, so the service's command says the same.
+        assert services[name]["command"] == ["python", "-m", args["SERVICE_MODULE"]], name
+        assert [value.split() for word, value in steps if word == "EXPOSE"] == [[args["SERVICE_PORT"]]], name
+        users = [value for word, value in steps if word == "USER"]
+        assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name} runs as root"
+        healthcheck = exec_form(next(value for word, value in reversed(steps) if word == "HEALTHCHECK")
+                                .split(" CMD ", 1)[1])
+        copies = [value for word, value in steps if word == "COPY"]
+        listens_on = services[name]["environment"].get("GRPC_PORT") or services[name]["environment"].get("GATEWAY_PORT")
+        assert listens_on == args["SERVICE_PORT"], name
+        if args["HEALTH_PROBE"] == "grpc":
+            assert ["CMD", *healthcheck] == GRPC_PROBE, name
+            assert "deploy/grpc_health_probe.py /app/grpc_health_probe.py" in copies, name
+            assert services[name]["healthcheck"]["test"] == GRPC_PROBE, name
+        else:
+            assert "/healthz" in " ".join(healthcheck) and env["GATEWAY_PORT"] == args["SERVICE_PORT"], name
+            assert f"127.0.0.1:{args['SERVICE_PORT']}/healthz" in " ".join(services[name]["healthcheck"]["test"])
+            assert not any("grpc_health_probe" in copy for copy in copies), name
+
+
+def test_the_service_build_installs_dependencies_before_the_source():
+    _global_args, found = stages(dockerfile(SERVICE_DOCKERFILE))
+    (build,) = [steps for name, _base, steps in found if name == "build"]
+    runs = [args for word, args in build if word == "RUN"]
+    # The first layers are the same for every service: no build argument is declared before them.
+    assert "grpcio-tools" in runs[0], "the stub generator comes first"
+    assert not any(word == "ARG" for word, _args in build[:build.index(("RUN", runs[0]))]), "an ARG comes first"
+    position: dict[str, int] = {}  # where each step first appears
+    for index, (_word, args) in enumerate(build):
+        position.setdefault(args, index)
+    deps = next(args for args in runs if "-r /tmp/requirements.txt" in args)
+    for source in ("protos/ protos/", "libs/coffeeping-common/ libs/coffeeping-common/",
+                   "services/${SERVICE}/ services/${SERVICE}/"):
+        assert position[source] > position[deps], f"COPY {source} comes before the dependencies"
+    for manifest in ("libs/coffeeping-common/pyproject.toml libs/coffeeping-common/",
+                     "services/${SERVICE}/pyproject.toml services/${SERVICE}/"):
+        assert position[manifest] < position[deps], manifest
+    install = next(args for args in runs if "--no-deps" in args)
+    assert "python deploy/gen_protos.py" in install and "pip check" in install
+    assert position[install] > position["services/${SERVICE}/ services/${SERVICE}/"]
+
+
+def test_the_images_with_their_own_dockerfile_run_their_module(services):
+    for name, (path, module) in OWN_DOCKERFILES.items():
+        assert services[name]["build"] == {"context": ".", "dockerfile": path}, name
+        if module is None:
+            continue
         assert importlib.util.find_spec(module) is not None, f"{module} is not importable"
-        steps = final_stage(dockerfile(folder))
-        cmd = exec_form(next(args for word, args in reversed(steps) if word == "CMD"))
-        assert cmd[:3] == ["python", "-m", module], f"{folder}/Dockerfile CMD is {cmd}"
-        spec = services[name]
-        assert spec["build"] == {"context": ".", "dockerfile": f"{folder}/Dockerfile"}
-        command = spec.get("command")
-        if name in SERVICES:
-            # The compose entrypoint clears the image CMD, so it must be repeated exactly.
-            assert command == cmd
-        elif command is not None:
+        cmd = exec_form(next(args for word, args in reversed(final_stage(dockerfile(path))) if word == "CMD"))
+        assert cmd[:3] == ["python", "-m", module], f"{path} CMD is {cmd}"
+        command = services[name].get("command")
+        if command is not None:
             assert f"python -m {module}" in " ".join(command)
 
 
-def test_images_build_from_python_311_slim_generate_the_stubs_and_run_as_a_non_root_user():
-    for folder, _module in [*IMAGES.values(), ("deploy/bootstrap", "")]:
-        steps = instructions(dockerfile(folder))
-        assert all(args.split()[0] == "python:3.11-slim" for word, args in steps if word == "FROM"), folder
-        users = [args for word, args in final_stage(dockerfile(folder)) if word == "USER"]
-        assert users and users[-1].split(":")[0] not in ("root", "0"), f"{folder} runs as root"
+def test_images_build_from_python_311_slim_and_run_as_a_non_root_user():
+    for path in [SERVICE_DOCKERFILE, *(path for path, _module in OWN_DOCKERFILES.values())]:
+        steps = instructions(dockerfile(path))
+        global_args, found = stages(dockerfile(path))
+        for index, (_name, base, _steps) in enumerate(found):
+            # Every stage starts from the base image or from an earlier stage (with the default arguments;
+            # the services' own arguments are resolved in the test above).
+            earlier = {name for name, _base, _steps in found[:index] if name}
+            assert substitute(base, global_args) in earlier | {"python:3.11-slim"}, (path, base)
+        users = [args for word, args in final_stage(dockerfile(path)) if word == "USER"]
+        assert users and users[-1].split(":")[0] not in ("root", "0"), f"{path} runs as root"
         runs = " ".join(args for word, args in steps if word == "RUN")
-        assert "-e " not in runs and "--editable" not in runs, f"{folder} installs in editable mode"
-        if folder.startswith("services/") or folder == "deploy/bootstrap":
-            assert "grpcio-tools" in runs and "python deploy/gen_protos.py" in runs, folder
+        assert "-e " not in runs and "--editable" not in runs, f"{path} installs in editable mode"
+        if path != OWN_DOCKERFILES["sandbox"][0]:
+            assert "grpcio-tools" in runs and "python deploy/gen_protos.py" in runs, path
             copied = " ".join(args for word, args in steps if word == "COPY")
-            assert "protos/" in copied and "libs/coffeeping-common/" in copied, folder
+            assert "protos/" in copied and "libs/coffeeping-common/" in copied, path
 
 
-def test_grpc_images_carry_the_health_probe_their_healthcheck_runs(services):
-    probe = ROOT / "deploy" / "grpc_health_probe.py"
-    assert probe.exists()
-    for name in set(SERVICES) - {"auth-gateway"}:
-        folder = IMAGES[name][0]
-        copies = [args for word, args in final_stage(dockerfile(folder)) if word == "COPY"]
-        assert "deploy/grpc_health_probe.py /app/grpc_health_probe.py" in copies, folder
-        assert services[name]["healthcheck"]["test"] == ["CMD", "python", "/app/grpc_health_probe.py"]
+def test_every_dockerfile_compose_builds_exists_and_no_service_has_one_of_its_own(services):
+    for name, spec in services.items():
+        if "build" in spec:
+            assert (ROOT / spec["build"]["context"] / spec["build"]["dockerfile"]).is_file(), name
+    own = [folder.name for folder in (ROOT / "services").iterdir() if (folder / "Dockerfile").exists()]
+    assert not own, f"{own} have a Dockerfile of their own; the services are built from {SERVICE_DOCKERFILE}"
+
+
+def repository_text_files() -> list[Path]:
+    """The repository's files (tracked, and new ones not ignored), or every file when git is absent."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+        paths = [ROOT / name for name in listed if name]
+    except (OSError, subprocess.SubprocessError):
+        skip = {".git", ".venv", "var", "__pycache__", ".ruff_cache", ".pytest_cache"}
+        paths = [path for path in ROOT.rglob("*") if not skip & set(path.relative_to(ROOT).parts)]
+    return [path for path in paths if path.is_file()]
+
+
+def test_nothing_refers_to_a_per_service_dockerfile():
+    # A path to a Dockerfile inside a service's folder, written with a name, a placeholder or a glob.
+    pattern = re.compile("services/" + r"[^/\s`'\"()]+" + "/Dockerfile")
+    found = []
+    for path in repository_text_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [f"{path.relative_to(ROOT)}: {match.group(0)}" for match in pattern.finditer(text)]
+    assert not found, found
 
 
 def test_each_service_gets_every_setting_the_run_command_gives_it(services, dev_state, tmp_path):
@@ -343,10 +526,11 @@ def test_the_bootstrap_prepares_the_dev_state_then_the_database_then_the_broker(
 
 
 def test_the_bootstrap_image_carries_both_scripts_and_its_default_command_is_not_for_development():
-    steps = final_stage(dockerfile("deploy/bootstrap"))
+    text = dockerfile(OWN_DOCKERFILES["bootstrap"][0])
+    steps = final_stage(text)
     copied = " ".join(args for word, args in steps if word == "COPY")
     assert "deploy/bootstrap_db.py" in copied and "deploy/bootstrap_broker.py" in copied
-    assert "requests" in " ".join(args for word, args in instructions(dockerfile("deploy/bootstrap")) if word == "RUN")
+    assert "requests" in " ".join(args for word, args in instructions(text) if word == "RUN")
     cmd = exec_form(next(args for word, args in reversed(steps) if word == "CMD"))
     assert cmd == ["python", "deploy/bootstrap_db.py"]
 

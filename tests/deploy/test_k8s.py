@@ -1,10 +1,13 @@
 """The Kubernetes base in deploy/k8s/base, checked offline: every service is deployed and probed,
 secrets are referenced and never inlined, each service reads only its own Secret and its own mTLS
-Secret, the Jobs run without development fallbacks, and the gateway is reached over HTTPS only."""
+Secret, the Jobs run without development fallbacks, the gateway is reached over HTTPS only, and every
+image is built as deploy/k8s/README.md says (the services from deploy/Dockerfile, with the build
+arguments docker-compose.yml passes)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -233,3 +236,57 @@ def test_the_readme_lists_exactly_the_secrets_the_base_references(objects):
     templated = {name for name in referenced if name.startswith("coffeeping-mtls-")}
     assert listed == (referenced - templated) | {"coffeeping-mtls-<service>"}
     assert templated == {f"coffeeping-mtls-{name}" for name in OWN_SECRETS}
+
+
+def readme_section(title: str) -> str:
+    readme = (ROOT / "deploy" / "k8s" / "README.md").read_text()
+    section = readme[readme.index(f"## {title}"):]
+    return section[:section.index("\n## ", 1)]
+
+
+def build_commands(text: str) -> list[list[str]]:
+    """Every `docker build` command in the text, continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line[line.index("docker build"):], comments=True) for line in joined.splitlines()
+            if "docker build" in line]
+
+
+def test_the_readme_builds_each_service_image_from_the_one_dockerfile_with_compose_s_arguments(objects):
+    section = readme_section("Images")
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip().strip("`") for cell in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[2:]:
+        cells = [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header[1:], cells[1:], strict=True))
+    compose = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())["services"]
+    deployments = by_kind(objects, "Deployment")
+    assert set(table) == {container(deployment)["image"] for deployment in deployments.values()}
+    for name, deployment in deployments.items():
+        args = table[container(deployment)["image"]]
+        build = compose[name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile", name
+        assert args == {key: str(value) for key, value in build["args"].items()}, name
+        spec = container(deployment)
+        assert [port["containerPort"] for port in spec["ports"]] == [int(args["SERVICE_PORT"])], name
+        if args["HEALTH_PROBE"] == "grpc":
+            assert all(spec[probe]["exec"]["command"][:2] == ["python", "/app/grpc_health_probe.py"]
+                       for probe in ("readinessProbe", "livenessProbe")), name
+        else:
+            assert spec["readinessProbe"]["httpGet"]["path"] == "/healthz", name
+    # Each example command builds from a Dockerfile that exists; one from deploy/Dockerfile passes the
+    # arguments of the image it tags.
+    built = set()
+    for command in build_commands(section):
+        options = dict(zip(command[2::2], command[3::2], strict=False))
+        assert (ROOT / options["-f"]).is_file(), command
+        image = options["-t"].split(":")[0]
+        built.add(image)
+        if options["-f"] == "deploy/Dockerfile":
+            passed = dict(value.split("=", 1) for flag, value in zip(command, command[1:], strict=False)
+                          if flag == "--build-arg")
+            assert passed == table[image], command
+    # Every image the kustomization deploys is built by the table or by a command.
+    kustomization = YAML(typ="safe").load((BASE / "kustomization.yaml").read_text())
+    assert {image["name"] for image in kustomization["images"]} <= set(table) | built
+    assert {"coffeeping/bootstrap"} <= built
