@@ -33,13 +33,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import requests
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from bootstrap_db import role_url  # noqa: E402
-from stack import Stack, StackConfig  # noqa: E402
+from stack import Stack, StackConfig, remove_deployment  # noqa: E402
 
 
 def _token(config: StackConfig, user_id: str) -> str:
@@ -194,9 +193,7 @@ def main() -> int:
         delete_s = time.perf_counter() - started
     finally:
         stack.stop()
-        with contextlib.suppress(psycopg.Error), psycopg.connect(config.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database)))
-        _cleanup_broker(config.rabbitmq_url, config.messaging_prefix)
+        remove_deployment(config)
         shutil.rmtree(var_dir, ignore_errors=True)
 
     print()
@@ -212,23 +209,6 @@ def main() -> int:
     if status:
         print("  steps: " + json.dumps([(s["service"], s["state"], s["attempts"]) for s in status["steps"]]))
     return 0 if state == "completed" and complete else 1
-
-
-def _cleanup_broker(url: str, prefix: str) -> None:
-    from kombu import Connection
-
-    with contextlib.suppress(Exception), Connection(url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        names = [f"{prefix}.{svc}{suffix}" for svc in ("accounts", "token-vault", "mailer", "reply-watcher")
-                 for suffix in ("", ".dead")]
-        for queue in names:
-            with contextlib.suppress(Exception):
-                channel.queue_delete(queue)
-                channel = conn.channel()
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            with contextlib.suppress(Exception):
-                channel.exchange_delete(exchange)
-                channel = conn.channel()
 
 
 if __name__ == "__main__":

@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
 import requests
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from stack import Stack, StackConfig  # noqa: E402
+from stack import Stack, StackConfig, remove_deployment  # noqa: E402
 
 ROUTES = {
     "GET /v1/me (auth, gRPC, RLS)": ("/v1/me", True),
@@ -144,12 +142,6 @@ def _mint(config: StackConfig, user_id: str, lifetime_s: int) -> str:
     return str(reply.json()["token"])
 
 
-def _cleanup_broker(url: str, prefix: str) -> None:
-    from coffeeping.common.messaging import delete_topology
-
-    with contextlib.suppress(Exception):
-        delete_topology(url, prefix)
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,9 +187,7 @@ def main() -> int:
                                      args.warmup)
     finally:
         stack.stop()
-        with contextlib.suppress(psycopg.Error), psycopg.connect(config.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database)))
-        _cleanup_broker(config.rabbitmq_url, config.messaging_prefix)
+        remove_deployment(config)
         if not args.keep_logs:
             shutil.rmtree(var_dir, ignore_errors=True)
 

@@ -8,6 +8,7 @@ once in ``var/dev-secrets.env`` and never printed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import signal
@@ -25,6 +26,7 @@ from bootstrap_broker import (  # noqa: E402
     DEFAULT_MANAGEMENT_URL,
     LOGINS,
     bootstrap_broker,
+    delete_broker,
     password_variable,
     service_url,
 )
@@ -187,6 +189,17 @@ class StackConfig:
         """The service's own login on the deployment's vhost."""
         return service_url(self.rabbitmq_url, self.rabbitmq_vhost, self.messaging_prefix, service,
                            self.broker_passwords()[service])
+
+
+def remove_deployment(config: StackConfig) -> None:
+    """Drop an ephemeral stack's database and broker vhost (benchmarks, after ``Stack.stop``)."""
+    import psycopg
+    from psycopg import sql
+
+    with contextlib.suppress(psycopg.Error), psycopg.connect(config.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database)))
+    with contextlib.suppress(Exception):
+        delete_broker(config.rabbitmq_management_url, config.rabbitmq_vhost, config.messaging_prefix)
 
 
 class Stack:
