@@ -13,10 +13,13 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 _MISSING = object()
 
 
@@ -118,7 +121,7 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     """Build ``cls`` from the environment, raising ``ConfigError`` for the first bad setting."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         meta = field.metadata
         name = meta["env"]
         raw = env.get(name)

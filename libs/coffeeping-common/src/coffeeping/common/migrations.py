@@ -11,11 +11,14 @@ from pathlib import Path
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import create_engine, pool
+from sqlalchemy.exc import ArgumentError
 
 
 def run_env(schema: str) -> None:
     """Body of a service's ``env.py``: online migrations only, version table in ``schema``."""
     url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:  # what create_engine(None) would raise, with the reason
+        raise ArgumentError("the Alembic config sets no sqlalchemy.url")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(

@@ -13,11 +13,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -98,7 +98,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         # Keys are full method names: "/coffeeping.vault.v1.TokenVault/GetAccessToken".
         self.policy = dict(policy)
 
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None:
             return None
@@ -107,7 +111,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         rule = self.policy.get(method)
 
         def guard(context: grpc.ServicerContext) -> None:
-            names = context.auth_context().get("x509_common_name") or []
+            # gRPC maps each auth property to a list of values; the stubs (types-grpcio) say ``bytes``.
+            auth = cast("Mapping[str, Sequence[bytes]]", context.auth_context())
+            names = auth.get("x509_common_name") or []
             caller = names[0].decode() if names else ""
             if not caller:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
@@ -133,7 +139,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, guard, "" if open_method else method)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext], None], method: str) -> Any:
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any], guard: Callable[[grpc.ServicerContext], None],
+          method: str) -> grpc.RpcMethodHandler[Any, Any]:
     """Run ``guard`` before the servicer and log one line per call (method, caller, outcome, time);
     an empty ``method`` means no line."""
 
@@ -183,6 +190,7 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Callable[[grpc.ServicerContext]
         return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    assert handler.stream_stream is not None  # gRPC's handlers carry exactly one of the four behaviours
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
 
 

@@ -26,17 +26,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import psycopg
-from kombu import Connection, Queue
-from kombu import Consumer as KombuConsumer
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Consumer as KombuConsumer
 from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from ..db import InvalidUserId, user_tx, validate_user_id
+from ..logging import request_context
 from ..tombstones import is_buried
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
 from .registry import SenderCheck, registered_producers
@@ -44,12 +46,7 @@ from .topology import DEFAULT_DELIVERY_LIMIT, declare_topology
 
 log = logging.getLogger("coffeeping.messaging.consumer")
 
-try:
-    from ..logging import request_context
-except ImportError:  # pragma: no cover
-    request_context = None  # type: ignore[assignment]
-
-Handler = Callable[[SAConnection, dict], None]
+Handler = Callable[[SAConnection, dict[str, Any]], None]
 
 # The deletion saga's own events (``account.*``) still reach a purged user's handlers, which are
 # idempotent: a retried or replayed purge must report again. Every other event for them is dropped.
@@ -62,7 +59,7 @@ class MalformedEvent(ValueError):
     pass
 
 
-def parse_event(body: bytes | str) -> dict:
+def parse_event(body: bytes | str) -> dict[str, Any]:
     """Decode and check an envelope; raise ``MalformedEvent`` (never echoing the content)."""
     try:
         event = json.loads(body)
@@ -144,7 +141,7 @@ class Consumer:
                 with suppress(Exception):  # the drain loop will notice a dead connection
                     self._conn.heartbeat_check()
 
-    def _apply(self, event: dict) -> str:
+    def _apply(self, event: dict[str, Any]) -> str:
         """Run dedupe + handler in one transaction: ``handled``, ``duplicate``, or ``dropped`` (the user
         was purged here; nothing is written, not even the dedupe record that would name them)."""
         with user_tx(self.engine, event["user_id"], system=True) as conn:
@@ -183,9 +180,8 @@ class Consumer:
             message.reject(requeue=False)
             return
         request_id = event.get("request_id") or message.properties.get("correlation_id")
-        ctx = request_context(str(request_id) if request_id else None) if request_context else nullcontext()
         info = {"event_id": event["id"], "event_type": event["type"]}
-        with ctx:
+        with request_context(str(request_id) if request_id else None):
             db_failures = 0
             while True:
                 try:

@@ -7,7 +7,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Producer
 from sqlalchemy import Engine
 
 from ..db import system_tx
@@ -21,8 +23,8 @@ log = logging.getLogger("coffeeping.messaging.dead_letters")
 _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
 
 
-def _clean_headers(headers: dict | None) -> dict:
-    out = {}
+def _clean_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in (headers or {}).items():
         if any(key == h or (h.endswith("-") and key.startswith(h)) for h in _BROKER_HEADERS):
             continue

@@ -25,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from kombu import Connection, Exchange, Producer
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.messaging import Producer
 from sqlalchemy import Connection as SAConnection
 from sqlalchemy import Engine, text
 
@@ -76,7 +78,8 @@ def outbox_drop_ddl(schema: str) -> list[str]:
     return [f"DROP TABLE IF EXISTS {s}.inbox", f"DROP TABLE IF EXISTS {s}.outbox"]
 
 
-def make_envelope(event_type: str, user_id: str, payload: dict, request_id: str | None = None) -> dict:
+def make_envelope(event_type: str, user_id: str, payload: dict[str, Any],
+                  request_id: str | None = None) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise TypeError("payload must be a dict")
     return {
@@ -94,7 +97,7 @@ def publish_in_tx(
     schema: str,
     event_type: str,
     user_id: str,
-    payload: dict,
+    payload: dict[str, Any],
     request_id: str | None = None,
 ) -> str:
     """Write an event into ``<schema>.outbox`` inside the caller's open transaction; return its id.
@@ -120,7 +123,8 @@ def publish_in_tx(
     )
     # Delivered on commit only; identical notifications in one transaction are folded into one.
     conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": notify_channel(s)})
-    return envelope["id"]
+    event_id: str = envelope["id"]
+    return event_id
 
 
 class _Listener:
@@ -390,9 +394,10 @@ def forget_user(conn: SAConnection, schema: str, user_id: str) -> None:
 def pending_count(engine: Engine, schema: str) -> int:
     """How many outbox rows wait to be published (for health checks and tests)."""
     with system_tx(engine) as conn:
-        return conn.execute(
+        count: int = conn.execute(
             text(f"SELECT count(*) FROM {check_schema(schema)}.outbox WHERE published_at IS NULL")
         ).scalar_one()
+        return count
 
 
 __all__ = [

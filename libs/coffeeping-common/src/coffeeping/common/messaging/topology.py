@@ -88,7 +88,7 @@ def delete_topology(amqp_url: str, prefix: str, extra_queues: Iterable[str] = ()
     For tests and benchmarks that used a prefix of their own on a shared broker. Missing names are
     fine: each delete runs on a fresh channel, since a failed delete closes the channel it ran on.
     """
-    from kombu import Connection
+    from kombu.connection import Connection
 
     queues = [name for service in SERVICES for name in (service_queue(prefix, service), dead_queue(prefix, service))]
     queues += list(extra_queues)
