@@ -361,3 +361,21 @@ def test_connecting_another_google_account_stops_the_old_accounts_sequences(stac
     connect_gmail(stack, http, f"switch.other.{uuid.uuid4().hex[:8]}@gmail.com")
     assert wait_until(lambda: http.get(f"/v1/sequences/{sequence}").json()["status"] == "stopped", timeout=30)
     assert http.get(f"/v1/sequences/{sequence}").json()["stop_reason"] == "gmail_account_changed"
+
+
+def test_a_deletion_while_the_mailer_is_down_answers_503_until_the_fence_is_confirmed(stack):
+    user = new_user("nofence")
+    http = stack.session(user)
+    assert http.get("/v1/me").status_code == 200
+    stack.stack.stop_service("mailer")
+    try:
+        refused = http.delete("/v1/account", json=CONFIRM)
+        assert refused.status_code == 503 and refused.headers["Content-Type"] == "application/problem+json"
+        assert "Traceback" not in refused.text
+        assert deletion(http)["state"] == "in_progress"  # recorded: its event fences the mailer too
+    finally:
+        proc = stack.stack.start_service("mailer")
+        importlib.import_module("stack")._wait_port(stack.config.ports["mailer"], proc)
+    again = http.delete("/v1/account", json=CONFIRM)
+    assert again.status_code == 202, again.text
+    assert wait_completed(http)["state"] == "completed"

@@ -105,8 +105,10 @@ class Sources:
 
     def fence(self, user_id: str, timeout_s: float = 5.0) -> None:
         """The deletion's fence at the mailer (raises ``grpc.RpcError`` when it could not be set)."""
+        # wait_for_ready: a channel still backing off from an earlier outage waits (within the deadline)
+        # for the mailer instead of failing at once.
         self._stub("mailer").FenceUser(mailer_pb2.FenceUserRequest(), metadata=call_metadata(user_id),
-                                       timeout=timeout_s)
+                                       timeout=timeout_s, wait_for_ready=True)
 
 
 def stamp(value: dt.datetime | None) -> str | None:
