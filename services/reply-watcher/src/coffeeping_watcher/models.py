@@ -13,16 +13,15 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     Numeric,
     Table,
     Text,
-    Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+from coffeeping.common.tables import shared_tables
 
 metadata = MetaData(schema="watcher")
 
@@ -88,34 +87,4 @@ seen_messages = Table(
 
 DETECTIONS = ("reply", "bounce", "takeover")
 
-# Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id, ``coffeeping.common.tombstones``).
-tombstones = Table(
-    "tombstones",
-    metadata,
-    Column("subject", LargeBinary, primary_key=True),
-    Column("buried_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
-)
-
-# The messaging tables (``coffeeping.common.messaging``).
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", Uuid, primary_key=True),
-    Column("user_id", Text, nullable=False),
-    Column("routing_key", Text, nullable=False),
-    Column("body", JSONB, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
-    Column("published_at", DateTime(timezone=True)),
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Index("outbox_unpublished_idx", "created_at", "id", postgresql_where=text("published_at IS NULL")),
-    Index("outbox_published_idx", "published_at", postgresql_where=text("published_at IS NOT NULL")),
-)
-
-inbox = Table(
-    "inbox",
-    metadata,
-    Column("event_id", Uuid, primary_key=True),
-    Column("user_id", Text, nullable=False),
-    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
-    Index("inbox_processed_idx", "processed_at"),
-)
+outbox, inbox, tombstones = shared_tables(metadata)
