@@ -32,7 +32,7 @@ from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
 # The test suite's vault (sandbox-issued tokens over mTLS) and mailer process helpers.
 from conftest import Vault  # noqa: E402
 from kombu import Connection  # noqa: E402
-from outreach_world import copy_outreach, raw_message, start_mailers  # noqa: E402
+from outreach_world import copy_outreach, drop_bench_state, raw_message, start_mailers  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
 from coffeeping.common.messaging import declare_topology  # noqa: E402
@@ -176,14 +176,7 @@ def main() -> None:
     print(f"gmail 429s absorbed:   {rate_limited}")
     server.stop(0)
     sandbox.stop()
-    with psycopg.connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    with Connection(args.amqp_url) as conn:
-        channel = conn.channel()
-        for queue in (f"{prefix}.reply-watcher", f"{prefix}.reply-watcher.dead"):
-            channel.queue_delete(queue)
-        for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-            channel.exchange_delete(exchange)
+    drop_bench_state(args.admin_url, database, args.amqp_url, prefix)
 
 
 if __name__ == "__main__":

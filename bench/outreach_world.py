@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT / "tests" / "mailer"))
 from bootstrap_db import role_url  # noqa: E402
 from conftest import MailerProcess, free_port  # noqa: E402
 
+from coffeeping.common.messaging import delete_topology  # noqa: E402
+
 _COPIES = (
     ("mailer.contacts", "id, user_id, email, email_key"),
     ("mailer.sequences", "id, user_id, contact_id, subject, status, to_email, user_email, thread_id, started_at"),
@@ -61,3 +63,10 @@ def start_mailers(count: int, *, admin_url: str, database: str, certs: Path, amq
                "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
         procs.append(MailerProcess(env, var / f"mailer-{i}.log").start())
     return procs
+
+
+def drop_bench_state(admin_url: str, database: str, amqp_url: str, prefix: str) -> None:
+    """The benchmark's database, queues and exchanges go when it ends."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    delete_topology(amqp_url, prefix)

@@ -62,7 +62,7 @@ from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
 # The test suite's vault (sandbox-issued tokens over mTLS) and mailer process helpers, as mailer_sends uses.
 from conftest import MailerProcess, Vault  # noqa: E402
 from kombu import Connection  # noqa: E402
-from outreach_world import copy_outreach, raw_message, start_mailers  # noqa: E402
+from outreach_world import copy_outreach, drop_bench_state, raw_message, start_mailers  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
 from coffeeping.common.messaging import declare_topology  # noqa: E402
@@ -302,14 +302,7 @@ def main() -> None:
             server.stop(0)
         if sandbox is not None:
             sandbox.stop()
-        with psycopg.connect(args.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        with Connection(args.amqp_url) as conn:
-            channel = conn.channel()
-            for queue in (f"{prefix}.reply-watcher", f"{prefix}.reply-watcher.dead"):
-                channel.queue_delete(queue)
-            for exchange in (f"{prefix}.events", f"{prefix}.dlx"):
-                channel.exchange_delete(exchange)
+        drop_bench_state(args.admin_url, database, args.amqp_url, prefix)
 
 
 def _report(args: argparse.Namespace, sandbox: Any, convs: list[Conversation], seqs: dict[str, tuple[str, str]],
