@@ -58,7 +58,7 @@ def start_mailers(count: int, *, admin_url: str, database: str, certs: Path, amq
                "TLS_CA_CERT": str(certs / "ca.pem"), "TLS_CERT": str(certs / "mailer.pem"),
                "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": amqp_url, "MESSAGING_PREFIX": prefix,
                "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,
-               "VAULT_GRPC_ADDR": f"127.0.0.1:{vault_port}", "GMAIL_API_ENDPOINT": gmail_url,
+               "TOKEN_VAULT_GRPC_ADDR": f"127.0.0.1:{vault_port}", "GMAIL_API_ENDPOINT": gmail_url,
                "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(workers),
                "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
         procs.append(MailerProcess(env, var / f"mailer-{i}.log").start())

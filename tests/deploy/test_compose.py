@@ -402,8 +402,8 @@ def test_each_service_gets_every_setting_the_run_command_gives_it(services, dev_
 def test_service_addresses_and_certificates_point_at_the_right_containers_and_files(services):
     ports = {name: services[name]["environment"].get("GRPC_PORT") for name in SERVICES}
     env = services["auth-gateway"]["environment"]
-    for variable, target in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("VAULT_GRPC_ADDR", "token-vault"),
-                             ("MAILER_GRPC_ADDR", "mailer"), ("WATCHER_GRPC_ADDR", "reply-watcher")):
+    for variable, target in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("TOKEN_VAULT_GRPC_ADDR", "token-vault"),
+                             ("MAILER_GRPC_ADDR", "mailer"), ("REPLY_WATCHER_GRPC_ADDR", "reply-watcher")):
         # The host name must be the service name: it is a SAN of that service's certificate.
         assert env[variable] == f"{target}:{ports[target]}"
     for name in SERVICES:

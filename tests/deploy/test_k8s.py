@@ -147,8 +147,8 @@ def test_pods_run_as_non_root_without_privileges_or_a_writable_root(objects):
 
 def test_service_addresses_use_the_service_names_on_their_certificates(objects):
     config = by_kind(objects, "ConfigMap")["coffeeping-config"]["data"]
-    for variable, name in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("VAULT_GRPC_ADDR", "token-vault"),
-                           ("MAILER_GRPC_ADDR", "mailer"), ("WATCHER_GRPC_ADDR", "reply-watcher")):
+    for variable, name in (("ACCOUNTS_GRPC_ADDR", "accounts"), ("TOKEN_VAULT_GRPC_ADDR", "token-vault"),
+                           ("MAILER_GRPC_ADDR", "mailer"), ("REPLY_WATCHER_GRPC_ADDR", "reply-watcher")):
         assert config[variable] == f"{name}:{GRPC_SERVICES[name]}"
 
 

@@ -187,7 +187,7 @@ def mailer_factory(database: Any, mailer_bus: MailerBus, certs: Path, sandbox: S
             "TLS_KEY": str(certs / "mailer-key.pem"), "RABBITMQ_URL": mailer_bus.url("mailer"),
             "MESSAGING_PREFIX": mailer_bus.prefix,
             "TOMBSTONE_KEY": "test-tombstone-key-" + "x" * 32,
-            "VAULT_GRPC_ADDR": vault[1], "GMAIL_API_ENDPOINT": sandbox.google_url,
+            "TOKEN_VAULT_GRPC_ADDR": vault[1], "GMAIL_API_ENDPOINT": sandbox.google_url,
             "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": "4", "LOG_LEVEL": "INFO",
             "SHUTDOWN_GRACE_S": "2",
         }

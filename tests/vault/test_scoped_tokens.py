@@ -158,7 +158,7 @@ def test_every_token_handed_out_from_memory_is_recorded(vault):
 def test_queued_issue_records_are_written_when_the_vault_stops(vault):
     user, email = new_user("shutdown")
     vault.connect(user, email)
-    process = vault.start(VAULT_AUDIT_FLUSH_S="600")  # only the shutdown flush can write them
+    process = vault.start(TOKEN_VAULT_AUDIT_FLUSH_S="600")  # only the shutdown flush can write them
     try:
         for _ in range(25):
             vault.access_token(user, process=process)

@@ -103,12 +103,12 @@ class VaultHarness:
             "KMS_ENDPOINT": self.google.kms_addr,
             "KMS_KEY_NAME": KMS_KEY,
             "TOKEN_VAULT_LOCAL_KEY": self.local_key,
-            "VAULT_KMS_TIMEOUT_S": "2",
-            "VAULT_GOOGLE_TIMEOUT_S": "5",
+            "TOKEN_VAULT_KMS_TIMEOUT_S": "2",
+            "TOKEN_VAULT_GOOGLE_TIMEOUT_S": "5",
             "SHUTDOWN_GRACE_S": "2",
             # Every process claims deletions' revocations: a short cap keeps retries a second apart, so a
             # test sees many failed attempts (more than the queue's delivery limit) in seconds.
-            "VAULT_REVOKE_RETRY_CAP_S": "1",
+            "TOKEN_VAULT_REVOKE_RETRY_CAP_S": "1",
         }
         env.update(overrides)
         return {k: v for k, v in env.items() if v is not None}

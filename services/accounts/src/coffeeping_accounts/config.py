@@ -9,9 +9,9 @@ from coffeeping.common.tombstones import TombstoneSettings
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
-    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     mailer_addr: str = setting("MAILER_GRPC_ADDR", host_port, default="127.0.0.1:50053")
-    watcher_addr: str = setting("WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
+    watcher_addr: str = setting("REPLY_WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
     # A deletion step that reports nothing for this long is shown as failed (its message may have been
     # dead-lettered); a repeated request or the operator's ``retry-deletion`` restarts it. Longer than
     # the mailer's bounded draft cleanup (MAILER_DRAFT_CLEANUP_S, 15 minutes by default).

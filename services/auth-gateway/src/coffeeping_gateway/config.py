@@ -36,12 +36,12 @@ class Settings(TlsSettings):
     cors_origins: tuple[str, ...] = setting("CORS_ALLOWED_ORIGINS", csv_list, default=())
     max_body_bytes: int = setting("GATEWAY_MAX_BODY_BYTES", integer(1024, 64 * 1024 * 1024), default=2 * 1024 * 1024)
     accounts_addr: str = setting("ACCOUNTS_GRPC_ADDR", host_port, default="127.0.0.1:50051")
-    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     mailer_addr: str = setting("MAILER_GRPC_ADDR", host_port, default="127.0.0.1:50053")
-    watcher_addr: str = setting("WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
+    watcher_addr: str = setting("REPLY_WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
     rpc_timeout_s: int = setting("GATEWAY_RPC_TIMEOUT_S", integer(1, 600), default=30)
     log_level: str = setting("LOG_LEVEL", default="INFO")
-    pubsub_verification_token: str = setting("GMAIL_PUSH_TOKEN", default="", secret=True)
+    gmail_push_token: str = setting("GMAIL_PUSH_TOKEN", default="", secret=True)
 
     def __post_init__(self) -> None:
         # Without allowed parties a session token minted for any other Clerk frontend would be accepted;

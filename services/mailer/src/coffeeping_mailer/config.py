@@ -8,7 +8,7 @@ from coffeeping.common.runtime import ServiceSettings
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
-    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # How often the scheduler looks for due steps when it found none the last time.
     scheduler_interval_s: float = setting("MAILER_SCHEDULER_INTERVAL_S", number(0.05), default=5.0)

@@ -8,7 +8,7 @@ from coffeeping.common.runtime import ServiceSettings
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
-    vault_addr: str = setting("VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
+    vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # Each user with active watches is polled this often (one history.list when nothing is new).
     poll_interval_s: float = setting("REPLY_WATCHER_POLL_INTERVAL_S", number(0.1), default=60.0)

@@ -52,7 +52,7 @@ def _notification() -> tuple[str, str]:
 @bp.post("/v1/webhooks/gmail")
 @public
 def gmail_push() -> Any:
-    expected = settings().pubsub_verification_token
+    expected = settings().gmail_push_token
     if not expected:
         raise Problem(404, "no such resource")
     given = request.args.get("token", "")
