@@ -6,6 +6,13 @@ event id into ``<schema>.inbox`` (``ON CONFLICT DO NOTHING``) and, only if the i
 any point either redelivers the event (nothing committed) or redelivers a duplicate that the inbox
 absorbs (committed, not yet acked).
 
+Before any of that, two refusals. A message whose broker-verified sender (the AMQP ``user_id``
+property) is not a registered producer of its type, or whose payload names another service than its
+sender, is logged and dead-lettered, never handled (``senders``, by default the registry's producers).
+An event of a user this service has buried (``tombstone_key``) is acked and dropped without writing
+anything, unless it is one of the deletion saga's own ``account.*`` events, whose handlers are
+idempotent and must be able to report again.
+
 A handler exception rolls back, waits ``min(retry_base * 2**n, retry_cap)`` seconds where ``n`` is the
 quorum queue's ``x-delivery-count`` header, and rejects with requeue; after the queue's
 ``x-delivery-limit`` the broker dead-letters the message to ``<prefix>.<service>.dead``. A malformed
