@@ -15,7 +15,7 @@ from coffeeping.mailer.v1 import mailer_pb2_grpc
 from coffeeping.vault.v1 import vault_pb2_grpc
 from coffeeping_mailer import SERVICE
 from coffeeping_mailer.config import Settings
-from coffeeping_mailer.consumers import Handlers
+from coffeeping_mailer.consumers import make_handler
 from coffeeping_mailer.gmail_api import Gmail
 from coffeeping_mailer.models import SCHEMA
 from coffeeping_mailer.scheduler import Scheduler
@@ -42,7 +42,7 @@ def main() -> None:
                           workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
                           max_attempts=settings.max_attempts, claimers=CLAIMERS)
     messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
-                                  Handlers(gmail, settings.tombstone_key, settings.draft_cleanup_s))
+                                  make_handler(gmail, settings.tombstone_key, settings.draft_cleanup_s))
     server = serve(
         SERVICE,
         [(mailer_pb2_grpc.add_MailerServicer_to_server, MailerServicer(engine, settings.tombstone_key),

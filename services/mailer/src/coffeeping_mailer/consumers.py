@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from coffeeping.common.messaging.consumer import Handler
 from coffeeping_mailer import fence, services
 from coffeeping_mailer.gmail_api import Gmail
 from coffeeping_mailer.models import SCHEMA
@@ -44,56 +45,51 @@ def _uuids(values: Any) -> list[str]:
     return out
 
 
-class Handlers:
-    def __init__(self, gmail: Gmail, tombstone_key: bytes, draft_cleanup_s: float = 900.0) -> None:
-        self.gmail = gmail
-        self.tombstone_key = tombstone_key
-        self.draft_cleanup_s = draft_cleanup_s
+def make_handler(gmail: Gmail, tombstone_key: bytes, draft_cleanup_s: float = 900.0) -> Handler:
+    """The consumer's handler; ``gmail`` forgets a user's cached tokens when their account changes."""
 
-    def __call__(self, conn: Connection, event: dict[str, Any]) -> None:
+    def handle(conn: Connection, event: dict[str, Any]) -> None:
         kind, user, payload = event["type"], event["user_id"], event.get("payload") or {}
         if kind in _STOP_REASONS:
-            self.stop(conn, user, payload, _STOP_REASONS[kind])
+            stop(conn, user, payload, _STOP_REASONS[kind])
         elif kind == "gmail.connected":
-            self.account_changed(conn, user, str(payload.get("email") or ""))
+            if account_changed(conn, user, str(payload.get("email") or "")):
+                gmail.forget(user)
         elif kind == "gmail.disconnected":
             paused = pause_all(conn, "gmail_disconnected")
             log.info("sequences paused: gmail disconnected", extra={"count": paused})
         elif kind == "account.deletion_requested":
-            self.purge(conn, user, str(payload.get("deletion_id", "")))
+            # The draft cleaner reports ``account.purged`` once the drafts are removed or given up.
+            fence.purge(conn, tombstone_key, user, str(payload.get("deletion_id", "")), draft_cleanup_s)
 
-    def stop(self, conn: Connection, user: str, payload: dict[str, Any], reason: str) -> None:
-        """Stop the contact's running sequences (a reply in any of its threads counts) and named ones."""
-        contacts = _uuids(payload.get("contact_id"))
-        sequences = _uuids(payload.get("sequence_ids") or [])
-        rows = conn.execute(
-            text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') AND "
-                 "(contact_id = ANY(CAST(:c AS uuid[])) OR id = ANY(CAST(:s AS uuid[])))"),
-            {"c": contacts, "s": sequences},
-        ).all()
-        when = _when(payload.get("detected_at"))
-        for row in rows:
-            services.stop_sequence(conn, user, str(row.id), reason, when)
-        log.info("sequences stopped", extra={"reason": reason, "count": len(rows)})
+    return handle
 
-    def account_changed(self, conn: Connection, user: str, email: str) -> None:
-        """``gmail.connected``: a Google account other than the one a running sequence wrote from stops
-        it with ``gmail_account_changed`` (its thread and drafts are in the other mailbox)."""
-        if not email:
-            return
-        rows = conn.execute(
-            text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') "
-                 "AND user_email IS NOT NULL AND lower(user_email) <> lower(:e)"), {"e": email}).all()
-        for row in rows:
-            services.stop_sequence(conn, user, str(row.id), "gmail_account_changed", None)
-        if rows:
-            self.gmail.forget(user)
-            log.info("sequences stopped: gmail account changed", extra={"count": len(rows)})
 
-    def purge(self, conn: Connection, user: str, deletion_id: str) -> None:
-        """Account deletion: fence, queue the drafts for the bounded cleanup, delete every row now.
+def stop(conn: Connection, user: str, payload: dict[str, Any], reason: str) -> None:
+    """Stop the contact's running sequences (a reply in any of its threads counts) and named ones."""
+    contacts = _uuids(payload.get("contact_id"))
+    sequences = _uuids(payload.get("sequence_ids") or [])
+    rows = conn.execute(
+        text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') AND "
+             "(contact_id = ANY(CAST(:c AS uuid[])) OR id = ANY(CAST(:s AS uuid[])))"),
+        {"c": contacts, "s": sequences},
+    ).all()
+    when = _when(payload.get("detected_at"))
+    for row in rows:
+        services.stop_sequence(conn, user, str(row.id), reason, when)
+    log.info("sequences stopped", extra={"reason": reason, "count": len(rows)})
 
-        ``account.purged`` follows from the scheduler's draft cleaner once the drafts are removed or
-        given up (``fence.finish_purges``); no Gmail call is made here.
-        """
-        fence.purge(conn, self.tombstone_key, user, deletion_id, self.draft_cleanup_s)
+
+def account_changed(conn: Connection, user: str, email: str) -> bool:
+    """``gmail.connected``: a Google account other than the one a running sequence wrote from stops it
+    with ``gmail_account_changed`` (its thread and drafts are in the other mailbox). True if any."""
+    if not email:
+        return False
+    rows = conn.execute(
+        text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') "
+             "AND user_email IS NOT NULL AND lower(user_email) <> lower(:e)"), {"e": email}).all()
+    for row in rows:
+        services.stop_sequence(conn, user, str(row.id), "gmail_account_changed", None)
+    if rows:
+        log.info("sequences stopped: gmail account changed", extra={"count": len(rows)})
+    return bool(rows)
