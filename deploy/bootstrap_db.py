@@ -173,7 +173,7 @@ BACKEND_SCHEMAS = {s.name: s.schema for s in services.BACKENDS if s.schema}
 MTLS_CONTAINERS = tuple(s.name for s in services.ALL)
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -199,7 +199,7 @@ def dev_passwords(path: Path) -> dict[str, str]:
     from bootstrap_broker import LOGINS
     from bootstrap_broker import password_variable as broker_variable
 
-    values = _read_env_file(path)
+    values = read_env_file(path)
     wanted = [password_variable(role) for role in roles()] + [broker_variable(login) for login in LOGINS]
     added = {name: secrets.token_urlsafe(24) for name in wanted if not values.get(name)}
     if added:

@@ -30,7 +30,7 @@ from bootstrap_broker import (  # noqa: E402
     password_variable,
     service_url,
 )
-from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
+from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, read_env_file, role_url  # noqa: E402
 
 from coffeeping.common import services  # noqa: E402
 
@@ -48,12 +48,7 @@ def free_port() -> int:
 
 def dev_secrets(path: Path) -> dict[str, str]:
     """Local development secrets, generated on first use and kept in a 0600 file."""
-    values: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key:
-                values[key] = value
+    values = read_env_file(path)
     wanted = {
         "TOKEN_VAULT_LOCAL_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
         "OAUTH_STATE_SECRET": lambda: secrets.token_urlsafe(48),

@@ -153,15 +153,18 @@ def export_of(http: requests.Session) -> dict:
     return reply.json()
 
 
-def publish_as(stack, login: str, envelopes: list[dict], exchange: str = "events", routing_key: str = "") -> None:
-    """Publish envelopes on the stack's broker with ``login``'s own credentials, signed (``user_id``)
-    by that login as its relay does: ``events`` routes by type, ``dlx`` to ``routing_key``'s dead queue."""
+def publish_as(stack, login: str, envelopes: list[dict], exchange: str = "events", routing_key: str = "",
+               user_id: str | None = "own") -> None:
+    """Publish envelopes on the stack's broker with ``login``'s own credentials. ``user_id`` "own" signs
+    them with that login as its relay does, None leaves them unsigned, anything else claims another
+    sender. ``events`` routes by type, ``dlx`` to ``routing_key``'s dead queue, "" is the default
+    exchange (straight into the queue named ``routing_key``)."""
     prefix = stack.config.messaging_prefix
     with Connection(stack.config.broker_url(login), transport_options={"confirm_publish": True}) as conn:
         producer = Producer(conn.channel(), auto_declare=False,
-                            exchange=Exchange(f"{prefix}.{exchange}", type="topic" if exchange == "events" else "direct",
-                                              durable=True))
+                            exchange=Exchange(f"{prefix}.{exchange}" if exchange else "",
+                                              type="topic" if exchange == "events" else "direct", durable=True))
+        signed = {} if user_id is None else {"user_id": conn.userid if user_id == "own" else user_id}
         for envelope in envelopes:
             producer.publish(json.dumps(envelope).encode(), routing_key=routing_key or envelope["type"], mandatory=True,
-                             content_type="application/json", message_id=envelope["id"], retry=False,
-                             user_id=conn.userid)
+                             content_type="application/json", message_id=envelope["id"], retry=False, **signed)

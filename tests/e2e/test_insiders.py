@@ -9,7 +9,6 @@ who stole them would.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import uuid
 
@@ -17,12 +16,13 @@ import amqp.exceptions
 import psycopg
 import pytest
 import requests
-from kombu import Connection, Exchange, Producer
+from kombu import Connection
 
 from tests.e2e.journey import (
     CONFIRM,
     deletion,
     new_user,
+    publish_as,
     refresh_answer,
     refresh_token_of,
     seed,
@@ -38,19 +38,6 @@ REFUSED = (amqp.exceptions.AccessRefused, amqp.exceptions.PreconditionFailed, am
 def envelope(kind: str, user: str, payload: dict) -> dict:
     return {"id": str(uuid.uuid4()), "type": kind, "user_id": user, "request_id": None,
             "occurred_at": dt.datetime.now(dt.UTC).isoformat(), "payload": payload}
-
-
-def publish(stack, login: str, message: dict, *, exchange: str = "events", routing_key: str = "",
-            user_id: str | None = "own") -> None:
-    """Publish as ``login`` (its real credentials); ``user_id`` "own" signs with the login, None omits it."""
-    prefix = stack.config.messaging_prefix
-    with Connection(stack.config.broker_url(login), transport_options={"confirm_publish": True}) as conn:
-        name = "" if exchange == "" else f"{prefix}.{exchange}"
-        producer = Producer(conn.channel(), auto_declare=False,
-                            exchange=Exchange(name, type="topic" if exchange == "events" else "direct", durable=True))
-        signed = {} if user_id is None else {"user_id": conn.userid if user_id == "own" else user_id}
-        producer.publish(json.dumps(message).encode(), routing_key=routing_key or message["type"], mandatory=True,
-                         content_type="application/json", message_id=message["id"], retry=False, **signed)
 
 
 def log_has(stack, service: str, text: str, event_id: str) -> bool:
@@ -69,16 +56,16 @@ def log_has(stack, service: str, text: str, event_id: str) -> bool:
 def test_a_service_publishing_a_type_it_does_not_own_is_refused_by_the_broker(stack, login, kind):
     user = new_user("forge")
     with pytest.raises(REFUSED):
-        publish(stack, login, envelope(kind, user, {"deletion_id": str(uuid.uuid4())}))
+        publish_as(stack, login, [envelope(kind, user, {"deletion_id": str(uuid.uuid4())})])
 
 
 def test_the_mailer_cannot_sign_as_accounts_nor_write_into_the_vaults_queue(stack):
     user = new_user("imperson")
     forged = envelope("account.revoke_requested", user, {"deletion_id": str(uuid.uuid4())})
     with pytest.raises(REFUSED):
-        publish(stack, "mailer", forged, user_id=f"{stack.config.messaging_prefix}-accounts")
+        publish_as(stack, "mailer", [forged], user_id=f"{stack.config.messaging_prefix}-accounts")
     with pytest.raises(REFUSED):
-        publish(stack, "mailer", forged, exchange="", routing_key=f"{stack.config.messaging_prefix}.token-vault")
+        publish_as(stack, "mailer", [forged], exchange="", routing_key=f"{stack.config.messaging_prefix}.token-vault")
 
 
 def test_guest_and_the_gateway_have_no_way_onto_the_bus(stack):
@@ -102,7 +89,7 @@ def test_the_watcher_reporting_account_purged_for_the_vault_is_dropped_and_the_g
                           == "running", timeout=60)
         forged = envelope("account.purged", user, {"deletion_id": deletion(http)["deletion_id"],
                                                    "service": "token-vault"})
-        publish(stack, "reply-watcher", forged)  # the broker lets the watcher report its own purge
+        publish_as(stack, "reply-watcher", [forged])  # the broker lets the watcher report its own purge
         assert wait_until(lambda: log_has(stack, "accounts", "message refused", forged["id"]), timeout=30)
         time.sleep(1)
         status = deletion(http)
@@ -121,7 +108,7 @@ def test_a_message_without_a_verified_sender_is_dropped(stack):
     unsigned = envelope("sequence.started", user, {
         "sequence_id": str(uuid.uuid4()), "contact_id": str(uuid.uuid4()), "contact_email": "x@example.com",
         "thread_id": thread, "message_id": "m1", "history_id": "1", "user_email": "y@gmail.com"})
-    publish(stack, "mailer", unsigned, user_id=None)  # the topic is the mailer's, but nobody signed it
+    publish_as(stack, "mailer", [unsigned], user_id=None)  # the topic is the mailer's, but nobody signed it
     assert wait_until(lambda: log_has(stack, "reply-watcher", "message refused", unsigned["id"]), timeout=30)
     with psycopg.connect(stack.database.admin_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM watcher.watches WHERE user_id = %s", (user,)).fetchone() == (0,)

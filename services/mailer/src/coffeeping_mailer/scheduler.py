@@ -40,6 +40,10 @@ from coffeeping_mailer.models import SCHEMA
 
 log = logging.getLogger("coffeeping_mailer.scheduler")
 UTC = dt.UTC
+# A step may go to Gmail (a send, a draft) only if the user is not fenced and its sequence still runs;
+# every statement that commits to such a call carries this (bind ``fence`` with ``fence_param``).
+_MAY_PROCEED = (f"{FENCE_OPEN} AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
+                "AND s.status IN ('scheduled', 'active'))")
 
 
 @dataclass(frozen=True)
@@ -235,9 +239,7 @@ class Scheduler:
             # The fence and the sequence's state, checked in the transaction that commits to the send.
             marked = conn.execute(
                 text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = now(), rfc_message_id = :r "
-                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {FENCE_OPEN} AND EXISTS "
-                     f"(SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
-                     "AND s.status IN ('scheduled', 'active')) RETURNING id"),
+                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {_MAY_PROCEED} RETURNING id"),
                 {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
             ).first()
             if marked is None:
@@ -354,8 +356,7 @@ class Scheduler:
         with user_tx(self.engine, user) as conn:
             intended = conn.execute(
                 text(f"UPDATE {SCHEMA}.steps SET rfc_message_id = :r WHERE id = :id AND draft_id IS NULL "
-                     f"AND status = 'scheduled' AND {FENCE_OPEN} AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s "
-                     "WHERE s.id = sequence_id AND s.status IN ('scheduled', 'active')) RETURNING id"),
+                     f"AND status = 'scheduled' AND {_MAY_PROCEED} RETURNING id"),
                 {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
             ).first()
         if intended is None:
@@ -393,9 +394,8 @@ class Scheduler:
         with user_tx(self.engine, user) as conn:
             marked = conn.execute(
                 text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = COALESCE(sending_since, now()) "
-                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {FENCE_OPEN} "
-                     f"AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
-                     "AND s.status IN ('scheduled', 'active')) RETURNING sending_since"),
+                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {_MAY_PROCEED} "
+                     "RETURNING sending_since"),
                 {"id": step.id, **fence_param(self.tombstone_key, user)},
             ).first()
         if marked is None:

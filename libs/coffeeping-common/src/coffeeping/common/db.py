@@ -18,6 +18,8 @@ USER_SETTING = "app.user_id"
 SCOPE_SETTING = "app.scope"
 # Clerk user ids look like ``user_2abc...``; anything else is refused before it reaches SQL.
 _USER_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+# A PostgreSQL schema name we interpolate into SQL: lower-case, no quoting needed.
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
 class InvalidUserId(ValueError):
@@ -28,6 +30,12 @@ def validate_user_id(user_id: str) -> str:
     if not isinstance(user_id, str) or not _USER_ID.match(user_id):
         raise InvalidUserId("invalid user id")
     return user_id
+
+
+def check_schema(schema: str) -> str:
+    if not isinstance(schema, str) or not _SCHEMA.match(schema):
+        raise ValueError("invalid schema name")
+    return schema
 
 
 def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeeping",

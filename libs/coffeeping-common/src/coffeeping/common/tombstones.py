@@ -14,21 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
 from .config import secret_text, setting
-from .db import validate_user_id
-
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def check_schema(schema: str) -> str:
-    if not _SCHEMA.match(schema):
-        raise ValueError("invalid schema name")
-    return schema
+from .db import check_schema, validate_user_id
 
 
 @dataclass(frozen=True)

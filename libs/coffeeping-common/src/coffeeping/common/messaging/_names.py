@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import re
 
-# A PostgreSQL identifier we interpolate into DDL/DML: lower-case, no quoting needed.
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+from ..db import check_schema
+
+__all__ = ["check_binding_key", "check_event_type", "check_name", "check_schema", "dead_queue", "dlx_exchange",
+           "events_exchange", "notify_channel", "service_queue"]
+
 # Exchange/queue name parts.
 _NAME_PART = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 # A routing key / event type: dotted words, no AMQP topic wildcards.
 _EVENT_TYPE = re.compile(r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$")
 # A binding key may use the topic wildcards ``*`` and ``#`` as whole words.
 _BINDING_KEY = re.compile(r"^([a-z0-9_\-]+|\*|#)(\.([a-z0-9_\-]+|\*|#))*$")
-
-
-def check_schema(schema: str) -> str:
-    if not isinstance(schema, str) or not _SCHEMA.match(schema):
-        raise ValueError("invalid schema name")
-    return schema
 
 
 def check_name(value: str, what: str) -> str:
