@@ -14,10 +14,9 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "mailer"))
 
 from bootstrap_db import role_url  # noqa: E402
-from conftest import MailerProcess, free_port  # noqa: E402
+from mailer_harness import MailerProcess, free_port  # noqa: E402
 
 from coffeeping.common.messaging import delete_topology  # noqa: E402
 

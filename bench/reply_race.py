@@ -55,13 +55,12 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "mailer"))
 
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
-
-# The test suite's vault (sandbox-issued tokens over mTLS) and mailer process helpers, as mailer_sends uses.
-from conftest import MailerProcess, Vault  # noqa: E402
 from kombu import Connection  # noqa: E402
+
+# The vault double (sandbox-issued tokens over mTLS) and mailer processes the mailer's tests use (mailer_harness).
+from mailer_harness import MailerProcess, Vault  # noqa: E402
 from outreach_world import copy_outreach, drop_bench_state, raw_message, start_mailers  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402

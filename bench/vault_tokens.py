@@ -33,11 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "vault"))
 
 import psycopg  # noqa: E402
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
-from vault_support import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, VaultDb, VaultHarness  # noqa: E402
+from vault_harness import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, VaultDb, VaultHarness  # noqa: E402
 
 
 def _client(certs: str, port: int, method: str, users: list[str], threads: int, start_at: float, stop_at: float,

@@ -28,20 +28,20 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "watcher"))
 
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
-from watcher_support import start_vault_double, tls_for  # noqa: E402
+from watcher_harness import start_vault_double, tls_for  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
 from coffeeping.common.db import make_engine, user_tx  # noqa: E402
 from coffeeping.common.gmail import VaultTokenSource  # noqa: E402
 from coffeeping.common.logging import configure_logging  # noqa: E402
 from coffeeping.common.rpc import channel  # noqa: E402
+from coffeeping.events.v1 import events_pb2 as ev  # noqa: E402
 from coffeeping.vault.v1 import vault_pb2_grpc  # noqa: E402
+from coffeeping_reply_watcher import services  # noqa: E402
+from coffeeping_reply_watcher.poller import Poller  # noqa: E402
 from coffeeping_sandbox.server import start_sandbox  # noqa: E402
-from coffeeping_watcher import services  # noqa: E402
-from coffeeping_watcher.poller import Poller  # noqa: E402
 
 
 def main() -> None:
@@ -111,12 +111,11 @@ def _setup(sandbox, double, engine, args) -> list[tuple[str, str, list[str]]]:
             for t in range(args.threads):
                 contact = f"contact{n}-{t}@example.org"
                 sent = sandbox.gmail.user_send(email, to=contact, subject=f"Coffee {t}?", body="Hello")
-                services.watch_sequence(conn, user_id, {
-                    "sequence_id": f"seq-{n}-{t}", "contact_id": f"c-{n}-{t}", "contact_email": contact,
-                    "thread_id": sent["threadId"], "message_id": sent["id"], "history_id": history_id,
-                    "user_email": email})
-                services.record_sent(conn, user_id, {"sequence_id": f"seq-{n}-{t}", "thread_id": sent["threadId"],
-                                                     "message_id": sent["id"]})
+                services.watch_sequence(conn, user_id, ev.SequenceStarted(
+                    sequence_id=f"seq-{n}-{t}", contact_id=f"c-{n}-{t}", contact_email=contact,
+                    thread_id=sent["threadId"], message_id=sent["id"], history_id=history_id, user_email=email))
+                services.record_sent(conn, user_id, ev.SequenceMessageSent(
+                    sequence_id=f"seq-{n}-{t}", thread_id=sent["threadId"], message_id=sent["id"]))
                 threads.append(sent["threadId"])
         return user_id, email, threads
 

@@ -17,19 +17,23 @@ import tempfile
 from pathlib import Path
 
 import grpc_tools
+from google.api import field_behavior_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 TARGET = ROOT / "libs" / "coffeeping-common" / "src"
 # Only these top-level folders under coffeeping/ are generated; coffeeping/common is hand-written.
-GENERATED = ("accounts", "vault", "mailer", "watcher", "types")
+GENERATED = ("accounts", "vault", "mailer", "watcher", "types", "events")
 
 
 def generate(out: Path) -> None:
     files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}",
+    # google/api/*.proto (field_behavior) ship with googleapis-common-protos, whose generated modules
+    # the stubs import at run time; its .proto files sit next to them.
+    googleapis = Path(field_behavior_pb2.__file__).parents[2]
+    args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}", f"-I{googleapis}", f"--python_out={out}",
             f"--pyi_out={out}", f"--grpc_python_out={out}", *files]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

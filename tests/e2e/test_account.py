@@ -19,6 +19,8 @@ import pytest
 import requests
 from svix.webhooks import Webhook
 
+from coffeeping.common.messaging import make_envelope
+from coffeeping.events.v1 import events_pb2 as ev
 from tests.e2e.journey import (
     CONFIRM,
     assert_nothing_left,
@@ -272,9 +274,7 @@ def test_a_duplicated_deletion_event_is_harmless(stack):
     final = wait_completed(http)
     # The same event again (when it was caught before completion cleared it), and the same request under
     # a new event id, after completion.
-    fresh = {"id": str(uuid.uuid4()), "type": "account.deletion_requested", "user_id": user,
-             "occurred_at": dt.datetime.now(dt.UTC).isoformat(), "request_id": None,
-             "payload": {"deletion_id": deletion_id}}
+    fresh = make_envelope(user, ev.AccountDeletionRequested(deletion_id=deletion_id))
     publish_as(stack, "accounts", [*original, fresh])
     time.sleep(5)
     assert deletion(http) == final

@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 import requests
+from google.protobuf.message import Message
 from kombu import Connection
 
-from coffeeping.common.messaging import requeue_dead_letters
+from coffeeping.common.messaging import make_envelope, requeue_dead_letters
+from coffeeping.events.v1 import events_pb2 as ev
 from tests.e2e.journey import (
     CONFIRM,
     add_contact,
@@ -235,16 +237,16 @@ def test_late_replayed_and_dead_lettered_events_after_a_purge_bring_nothing_back
     fence = delete_account(http)
     wait_completed(http)
 
-    def envelope(kind: str, payload: dict) -> dict:
-        return {"id": str(uuid.uuid4()), "type": kind, "user_id": user, "request_id": None,
-                "occurred_at": (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat(), "payload": payload}
+    def envelope(message: Message) -> dict:
+        late = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
+        return {**make_envelope(user, message), "occurred_at": late}
 
-    started = envelope("sequence.started", {
-        "sequence_id": str(uuid.uuid4()), "contact_id": str(uuid.uuid4()), "contact_email": data["contacts"][0],
-        "thread_id": thread, "message_id": "m-late", "history_id": "1", "user_email": data["email"]})
-    sent = envelope("sequence.message_sent", {"sequence_id": started["payload"]["sequence_id"],
-                                              "thread_id": thread, "message_id": "m-late"})
-    connected = envelope("gmail.connected", {"email": data["email"]})
+    sequence_id = str(uuid.uuid4())
+    started = envelope(ev.SequenceStarted(
+        sequence_id=sequence_id, contact_id=str(uuid.uuid4()), contact_email=data["contacts"][0], thread_id=thread,
+        message_id="m-late", history_id=1, user_email=data["email"]))
+    sent = envelope(ev.SequenceMessageSent(sequence_id=sequence_id, thread_id=thread, message_id="m-late"))
+    connected = envelope(ev.GmailConnected(email=data["email"]))
     # Late, then the same event again, each from its registered producer.
     publish_as(stack, "mailer", [started, sent, started])
     publish_as(stack, "token-vault", [connected])

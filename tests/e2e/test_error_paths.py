@@ -65,10 +65,12 @@ def test_kms_failing_a_connection_is_a_clear_refusal(stack):
 
 def test_a_poisoned_message_is_dead_lettered_without_logging_its_content(stack):
     user = new_user("poison")
+    # Not a SequenceStarted (its required sequence_id, contact_id and thread_id are missing): the consumer
+    # refuses it at once. Written by hand, since no producer could publish it.
     poison = {"id": str(uuid.uuid4()), "type": "sequence.started", "user_id": user, "request_id": None,
               "occurred_at": dt.datetime.now(dt.UTC).isoformat(),
               "payload": {"contact_email": f"poison.{uuid.uuid4().hex[:6]}@example.com",
-                          "user_email": f"poison.{uuid.uuid4().hex[:6]}@gmail.com"}}  # no sequence or thread
+                          "user_email": f"poison.{uuid.uuid4().hex[:6]}@gmail.com"}}
     publish_as(stack, "mailer", [poison])
     assert wait_until(lambda: poison["id"] in dead_letters(stack, "reply-watcher"), timeout=90)
     text = (stack.config.log_dir / "reply-watcher.log").read_text(errors="replace")

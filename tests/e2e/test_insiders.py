@@ -8,7 +8,6 @@ who stole them would.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 
@@ -18,6 +17,8 @@ import pytest
 import requests
 from kombu import Connection
 
+from coffeeping.common.messaging import make_envelope
+from coffeeping.events.v1 import events_pb2 as ev
 from tests.e2e.journey import (
     CONFIRM,
     deletion,
@@ -35,9 +36,8 @@ pytestmark = pytest.mark.timeout(300)
 REFUSED = (amqp.exceptions.AccessRefused, amqp.exceptions.PreconditionFailed, amqp.exceptions.NotAllowed)
 
 
-def envelope(kind: str, user: str, payload: dict) -> dict:
-    return {"id": str(uuid.uuid4()), "type": kind, "user_id": user, "request_id": None,
-            "occurred_at": dt.datetime.now(dt.UTC).isoformat(), "payload": payload}
+def deletion_id() -> str:
+    return str(uuid.uuid4())
 
 
 def log_has(stack, service: str, text: str, event_id: str) -> bool:
@@ -45,23 +45,23 @@ def log_has(stack, service: str, text: str, event_id: str) -> bool:
     return any(text in line and event_id in line for line in path.read_text(errors="replace").splitlines())
 
 
-@pytest.mark.parametrize(("login", "kind"), [
-    ("mailer", "account.revoke_requested"),        # would make the vault revoke and purge any user
-    ("mailer", "account.deletion_requested"),
-    ("reply-watcher", "sequence.started"),
-    ("reply-watcher", "gmail.disconnected"),
-    ("token-vault", "reply.detected"),
-    ("accounts", "account.purged"),
-])
-def test_a_service_publishing_a_type_it_does_not_own_is_refused_by_the_broker(stack, login, kind):
+@pytest.mark.parametrize(("login", "message"), [
+    ("mailer", ev.AccountRevokeRequested(deletion_id=deletion_id())),  # would make the vault revoke and purge any user
+    ("mailer", ev.AccountDeletionRequested(deletion_id=deletion_id())),
+    ("reply-watcher", ev.SequenceStarted(sequence_id="s1", contact_id="c1", thread_id="t1")),
+    ("reply-watcher", ev.GmailDisconnected(reason="needs_reconnect")),
+    ("token-vault", ev.ReplyDetected(contact_id="c1", thread_id="t1", message_id="m1")),
+    ("accounts", ev.AccountPurged(deletion_id=deletion_id(), service="accounts")),
+], ids=lambda value: value if isinstance(value, str) else type(value).__name__)
+def test_a_service_publishing_a_type_it_does_not_own_is_refused_by_the_broker(stack, login, message):
     user = new_user("forge")
     with pytest.raises(REFUSED):
-        publish_as(stack, login, [envelope(kind, user, {"deletion_id": str(uuid.uuid4())})])
+        publish_as(stack, login, [make_envelope(user, message)])
 
 
 def test_the_mailer_cannot_sign_as_accounts_nor_write_into_the_vaults_queue(stack):
     user = new_user("imperson")
-    forged = envelope("account.revoke_requested", user, {"deletion_id": str(uuid.uuid4())})
+    forged = make_envelope(user, ev.AccountRevokeRequested(deletion_id=deletion_id()))
     with pytest.raises(REFUSED):
         publish_as(stack, "mailer", [forged], user_id=f"{stack.config.messaging_prefix}-accounts")
     with pytest.raises(REFUSED):
@@ -87,8 +87,8 @@ def test_the_watcher_reporting_account_purged_for_the_vault_is_dropped_and_the_g
         assert http.delete("/v1/account", json=CONFIRM).status_code == 202
         assert wait_until(lambda: {s["service"]: s["state"] for s in deletion(http)["steps"]}["token-vault"]
                           == "running", timeout=60)
-        forged = envelope("account.purged", user, {"deletion_id": deletion(http)["deletion_id"],
-                                                   "service": "token-vault"})
+        forged = make_envelope(user, ev.AccountPurged(deletion_id=deletion(http)["deletion_id"],
+                                                      service="token-vault"))
         publish_as(stack, "reply-watcher", [forged])  # the broker lets the watcher report its own purge
         assert wait_until(lambda: log_has(stack, "accounts", "message refused", forged["id"]), timeout=30)
         time.sleep(1)
@@ -105,9 +105,9 @@ def test_the_watcher_reporting_account_purged_for_the_vault_is_dropped_and_the_g
 def test_a_message_without_a_verified_sender_is_dropped(stack):
     user = new_user("unsigned")
     thread = f"thread-{uuid.uuid4().hex[:8]}"
-    unsigned = envelope("sequence.started", user, {
-        "sequence_id": str(uuid.uuid4()), "contact_id": str(uuid.uuid4()), "contact_email": "x@example.com",
-        "thread_id": thread, "message_id": "m1", "history_id": "1", "user_email": "y@gmail.com"})
+    unsigned = make_envelope(user, ev.SequenceStarted(
+        sequence_id=str(uuid.uuid4()), contact_id=str(uuid.uuid4()), contact_email="x@example.com",
+        thread_id=thread, message_id="m1", history_id=1, user_email="y@gmail.com"))
     publish_as(stack, "mailer", [unsigned], user_id=None)  # the topic is the mailer's, but nobody signed it
     assert wait_until(lambda: log_has(stack, "reply-watcher", "message refused", unsigned["id"]), timeout=30)
     with psycopg.connect(stack.database.admin_url, autocommit=True) as conn:

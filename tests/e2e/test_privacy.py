@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import psycopg
 import requests
-from test_replies import active_thread, connect_gmail, deliver, mailbox, start_sequence, stopped, unique, wait_for
+
+from tests.e2e.test_replies import (
+    active_thread,
+    connect_gmail,
+    deliver,
+    mailbox,
+    start_sequence,
+    stopped,
+    unique,
+    wait_for,
+)
 
 RECEIVED = {
     "subjects": ["Re: my medical appointment", "Automatic reply: away", "Quarterly numbers, confidential"],

@@ -32,15 +32,15 @@ import datetime as dt
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx, validate_user_id
-from coffeeping.common.messaging import consumed_by, forget_user, publish_in_tx
+from coffeeping.common.messaging import Event, Handler, consumed_by, forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury
+from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_accounts.models import deletion_requests, deletion_steps, deletions, users
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 SCHEMA = "accounts"
 DELETION_REQUESTED = "account.deletion_requested"
 REVOKE_REQUESTED = "account.revoke_requested"
-PURGED = "account.purged"
-PURGE_FAILED = "account.purge_failed"
 CONSUMED = consumed_by("accounts")
 
 MAILER, WATCHER, VAULT, ACCOUNTS = "mailer", "reply-watcher", "token-vault", "accounts"
@@ -172,7 +170,7 @@ def _start(conn: Connection, deletion_id: uuid.UUID, subject: str, user_id: str)
             for position, (service, step) in enumerate(STEPS)
         ],
     )
-    publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+    publish_in_tx(conn, SCHEMA, user_id, ev.AccountDeletionRequested(deletion_id=str(deletion_id)))
 
 
 def latest_status(engine: Engine, user_id: str) -> Status | None:
@@ -190,21 +188,24 @@ def latest_status(engine: Engine, user_id: str) -> Status | None:
 # -- the saga's progress ---------------------------------------------------------------------------
 
 
-def make_handler(tombstone_key: bytes) -> Callable[[Connection, dict], None]:
+def make_handler(tombstone_key: bytes) -> Handler:
     """Consumer handler for ``account.purged`` and ``account.purge_failed`` (inside its transaction)."""
 
-    def handle(conn: Connection, event: dict) -> None:
-        user_id = event["user_id"]
-        payload = event["payload"]
+    def handle(conn: Connection, event: Event) -> None:
+        report = event.message
+        if not isinstance(report, ev.AccountPurged | ev.AccountPurgeFailed):
+            log.info("event ignored", extra={"event_id": event.id, "event_type": event.type})
+            return
+        user_id = event.user_id
         # The consumer has checked that the service named here is the message's verified sender.
-        service = payload.get("service") if payload.get("service") in _REPORTING else None
+        service = report.service if report.service in _REPORTING else None
         try:
-            deletion_id = uuid.UUID(str(payload.get("deletion_id")))
+            deletion_id = uuid.UUID(report.deletion_id)
         except ValueError:
             deletion_id = None
         if service is None or deletion_id is None:
             log.warning("deletion report ignored: unknown service or deletion id",
-                        extra={"event_id": event["id"], "event_type": event["type"]})
+                        extra={"event_id": event.id, "event_type": event.type})
             return
         row = conn.execute(
             select(deletions.c.state).where(
@@ -220,12 +221,12 @@ def make_handler(tombstone_key: bytes) -> Callable[[Connection, dict], None]:
             return
         step = (deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == service,
                 deletion_steps.c.state != "done")
-        if event["type"] == PURGED:
+        if isinstance(report, ev.AccountPurged):
             conn.execute(update(deletion_steps).where(*step)
-                         .values(state="done", error="", note=_note(payload), updated_at=text("now()")))
+                         .values(state="done", error="", note=_note(report), updated_at=text("now()")))
             log.info("deletion step done", extra={"deletion_id": str(deletion_id), "service": service})
         else:
-            error = str(payload.get("error") or "failed")[:200]
+            error = (report.error or "failed")[:200]
             conn.execute(update(deletion_steps).where(*step)
                          .values(state="failed", error=error, updated_at=text("now()")))
             log.warning("deletion step failed", extra={"deletion_id": str(deletion_id), "service": service})
@@ -234,10 +235,10 @@ def make_handler(tombstone_key: bytes) -> Callable[[Connection, dict], None]:
     return handle
 
 
-def _note(payload: dict) -> str:
+def _note(report: ev.AccountPurged) -> str:
     """What the user should know about a done step: the Gmail drafts the mailer could not remove."""
-    left = payload.get("drafts_not_removed")
-    if isinstance(left, int) and not isinstance(left, bool) and left > 0:
+    left = report.drafts_not_removed
+    if left > 0:
         return f"{left} Gmail draft{'s' if left != 1 else ''} could not be removed; delete them in Gmail"
     return ""
 
@@ -250,7 +251,7 @@ def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str, tombstone_k
         ).all()
     )
     if states.get(MAILER) == "done" and states.get(VAULT) == "pending":
-        publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+        publish_in_tx(conn, SCHEMA, user_id, ev.AccountRevokeRequested(deletion_id=str(deletion_id)))
         conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == VAULT)
@@ -340,9 +341,9 @@ def _restart(conn: Connection, deletion_id: uuid.UUID, user_id: str,
     )
     again = [s for s in (MAILER, WATCHER) if states.get(s) in unfinished]
     if again:
-        publish_in_tx(conn, SCHEMA, DELETION_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+        publish_in_tx(conn, SCHEMA, user_id, ev.AccountDeletionRequested(deletion_id=str(deletion_id)))
     if states.get(VAULT) in unfinished:
-        publish_in_tx(conn, SCHEMA, REVOKE_REQUESTED, user_id, {"deletion_id": str(deletion_id)})
+        publish_in_tx(conn, SCHEMA, user_id, ev.AccountRevokeRequested(deletion_id=str(deletion_id)))
         again.append(VAULT)
     if again:
         conn.execute(

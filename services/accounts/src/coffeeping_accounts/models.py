@@ -1,6 +1,6 @@
 """What the accounts service stores (schema ``accounts``; DDL in ``migrations/``).
 
-Every table of the schema, as the migrations leave it (``tests/platform/test_models_match_migrations.py``
+Every table of the schema, as the migrations leave it (``tests/integration/platform/test_models_match_migrations.py``
 keeps the two equal). Check constraints and row-level-security policies live in the migrations only.
 """
 

@@ -6,18 +6,6 @@ from typing import Any
 
 from coffeeping_gateway import views
 
-_PROBLEM = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object"}},
-    },
-}
-
-
 # Once an account's deletion is accepted, every route of that user answers 410 but the deletion's own
 # (a repeated DELETE answers the deletion's status).
 _NOT_GONE = {"/v1/account", "/v1/account/deletion"}
@@ -31,6 +19,10 @@ def _paths() -> dict[str, Any]:
     for path, item in paths.items():
         for method, operation in item.items():
             responses = operation.get("responses", {})
+            if "{" in path or any(p.get("in") == "query" for p in operation.get("parameters", [])):
+                responses.setdefault("414", {"$ref": "#/components/responses/UriTooLong"})
+            if "requestBody" in operation:
+                responses.setdefault("413", {"$ref": "#/components/responses/ContentTooLarge"})
             if "401" not in responses:
                 continue
             if path not in _NOT_GONE:
@@ -55,7 +47,7 @@ def document() -> dict[str, Any]:
         "paths": _paths(),
         "components": {
             "securitySchemes": {"clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"Problem": _PROBLEM, **views.schemas()},
+            "schemas": views.schemas(),
             "responses": {
                 "Unauthorized": {
                     "description": "missing or invalid session token",
@@ -69,6 +61,16 @@ def document() -> dict[str, Any]:
                 "AccountDeleted": {
                     "description": "the account is deleted or being deleted; `links.status` is its deletion status",
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+                "ContentTooLarge": {
+                    "description": "the body is larger than the gateway accepts (GATEWAY_MAX_BODY_BYTES, 2 MiB by "
+                    "default)",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                },
+                "UriTooLong": {
+                    "description": "the request line (path and query string) is longer than 4094 bytes; answered by "
+                    "the HTTP server in front of the API, as HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
                 },
                 "ValidationError": {
                     "description": "the request is well-formed but invalid; `errors` lists the fields",

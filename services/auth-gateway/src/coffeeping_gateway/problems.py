@@ -35,11 +35,16 @@ class Problem(Exception):
         self.extra = extra
 
 
-def problem_response(status: int, detail: str = "", headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def problem_document(status: int, detail: str = "", **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
     if detail:
         body["detail"] = detail
     body.update(extra)
+    return body  # the shape of coffeeping_gateway.schemas.Problem
+
+
+def problem_response(status: int, detail: str = "", headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    body = problem_document(status, detail, **extra)
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     for key, value in (headers or {}).items():
         response.headers[key] = value

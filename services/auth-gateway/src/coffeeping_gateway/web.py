@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 from flask import current_app, g
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from coffeeping_gateway.auth import Session
 from coffeeping_gateway.clients import Clients
@@ -55,27 +57,57 @@ ACCOUNT_DELETED = "account_deleted"
 DELETION_STATUS_PATH = "/v1/account/deletion"
 
 
+def _details(exc: grpc.RpcError) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """The field violations and the ErrorInfo (reason and metadata) a service attached to its status."""
+    violations: list[dict[str, str]] = []
+    info: dict[str, str] = {}
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [{"field": v.field, "message": v.description} for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            error = error_details_pb2.ErrorInfo()
+            detail.Unpack(error)
+            info = {**error.metadata, "reason": error.reason}
+    return violations, info
+
+
 def rpc_problem(exc: grpc.RpcError) -> Problem:
-    """The problem to answer for a failed call; only client-meaningful details pass through."""
+    """The gateway's one mapping of a failed call to a problem; only client-meaningful details pass."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     detail = exc.details() if hasattr(exc, "details") else ""
-    if code == grpc.StatusCode.FAILED_PRECONDITION and detail == ACCOUNT_DELETED:
+    violations, info = _details(exc)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and ACCOUNT_DELETED in (detail, info.get("reason", "").lower()):
         return Problem(410, "this account is deleted or being deleted; follow links.status for its progress",
                        links={"status": DELETION_STATUS_PATH})
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS):
+        return Problem(500, "an unexpected error occurred")  # a service failed on this request: our bug
     status = _GRPC_TO_HTTP.get(code, 502)
     if status in (502, 503, 504):
         return Problem(status, "a service is temporarily unavailable; try again shortly")
-    return Problem(status, detail or "")
+    extra: dict[str, Any] = {}
+    if violations:
+        extra["errors"] = violations
+    if "existing_id" in info:
+        extra["existing_id"] = info["existing_id"]
+    return Problem(status, detail or "", **extra)
+
+
+def rpc(method: Callable[..., Any], request: Any, timeout: float | None = None, user: str | None = None) -> Any:
+    """Call a gRPC method for the signed-in user (or ``user``): every call of the gateway goes through here.
+
+    Failures are raised as ``grpc.RpcError``; :func:`call` maps them to problem documents.
+    """
+    return method(request, metadata=clients().metadata(user if user is not None else user_id()),
+                  timeout=timeout or settings().rpc_timeout_s)
 
 
 def call(method: Callable[..., Any], request: Any, timeout: float | None = None, user: str | None = None) -> Any:
-    """Call a gRPC method for the signed-in user, mapping failures to problems."""
+    """:func:`rpc`, answering a failure with its problem document."""
     try:
-        return method(
-            request,
-            metadata=clients().metadata(user if user is not None else user_id()),
-            timeout=timeout or settings().rpc_timeout_s,
-        )
+        return rpc(method, request, timeout, user)
     except grpc.RpcError as exc:
         raise rpc_problem(exc) from None
 

@@ -8,38 +8,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+import uuid
+from collections.abc import Iterable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, select
 
-from coffeeping.common.messaging.consumer import Handler
-from coffeeping_mailer import fence, services
+from coffeeping.common.messaging import Event, Handler
+from coffeeping.events.v1 import events_pb2 as ev
+from coffeeping_mailer import fence
 from coffeeping_mailer.gmail_api import Gmail
-from coffeeping_mailer.models import SCHEMA
-from coffeeping_mailer.scheduler import pause_all
+from coffeeping_mailer.lifecycle import pause_all, stop_sequence
+from coffeeping_mailer.models import sequences
 
 log = logging.getLogger("coffeeping_mailer.consumers")
 
-_STOP_REASONS = {"reply.detected": "replied", "bounce.detected": "bounced", "takeover.detected": "user_took_over"}
+_UNFINISHED = ("scheduled", "active", "paused")
+Detection = ev.ReplyDetected | ev.BounceDetected | ev.TakeoverDetected
+_STOP_REASONS: dict[type[Detection], str] = {
+    ev.ReplyDetected: "replied", ev.BounceDetected: "bounced", ev.TakeoverDetected: "user_took_over"}
 
 
-def _when(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-
-
-def _uuids(values: Any) -> list[str]:
-    import uuid
-
+def _uuids(values: Iterable[str]) -> list[uuid.UUID]:
     out = []
-    for value in values if isinstance(values, list) else [values]:
+    for value in values:
         try:
-            out.append(str(uuid.UUID(str(value))))
+            out.append(uuid.UUID(value))
         except ValueError:
             continue
     return out
@@ -48,36 +41,36 @@ def _uuids(values: Any) -> list[str]:
 def make_handler(gmail: Gmail, tombstone_key: bytes, draft_cleanup_s: float = 900.0) -> Handler:
     """The consumer's handler; ``gmail`` forgets a user's cached tokens when their account changes."""
 
-    def handle(conn: Connection, event: dict[str, Any]) -> None:
-        kind, user, payload = event["type"], event["user_id"], event.get("payload") or {}
-        if kind in _STOP_REASONS:
-            stop(conn, user, payload, _STOP_REASONS[kind])
-        elif kind == "gmail.connected":
-            if account_changed(conn, user, str(payload.get("email") or "")):
-                gmail.forget(user)
-        elif kind == "gmail.disconnected":
-            paused = pause_all(conn, "gmail_disconnected")
-            log.info("sequences paused: gmail disconnected", extra={"count": paused})
-        elif kind == "account.deletion_requested":
-            # The draft cleaner reports ``account.purged`` once the drafts are removed or given up.
-            fence.purge(conn, tombstone_key, user, str(payload.get("deletion_id", "")), draft_cleanup_s)
+    def handle(conn: Connection, event: Event) -> None:
+        user = event.user_id
+        match event.message:
+            case ev.ReplyDetected() | ev.BounceDetected() | ev.TakeoverDetected() as detection:
+                stop(conn, user, detection, _STOP_REASONS[type(detection)])
+            case ev.GmailConnected() as connected:
+                if account_changed(conn, user, connected.email):
+                    gmail.forget(user)
+            case ev.GmailDisconnected():
+                paused = pause_all(conn, "gmail_disconnected")
+                log.info("sequences paused: gmail disconnected", extra={"count": paused})
+            case ev.AccountDeletionRequested() as requested:
+                # The draft cleaner reports ``account.purged`` once the drafts are removed or given up.
+                fence.purge(conn, tombstone_key, user, requested.deletion_id, draft_cleanup_s)
 
     return handle
 
 
-def stop(conn: Connection, user: str, payload: dict[str, Any], reason: str) -> None:
+def stop(conn: Connection, user: str, detection: Detection, reason: str) -> None:
     """Stop the contact's running sequences (a reply in any of its threads counts) and named ones."""
-    contacts = _uuids(payload.get("contact_id"))
-    sequences = _uuids(payload.get("sequence_ids") or [])
-    rows = conn.execute(
-        text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') AND "
-             "(contact_id = ANY(CAST(:c AS uuid[])) OR id = ANY(CAST(:s AS uuid[])))"),
-        {"c": contacts, "s": sequences},
-    ).all()
-    when = _when(payload.get("detected_at"))
-    for row in rows:
-        services.stop_sequence(conn, user, str(row.id), reason, when)
-    log.info("sequences stopped", extra={"reason": reason, "count": len(rows)})
+    contact_ids = _uuids([detection.contact_id])
+    sequence_ids = _uuids(detection.sequence_ids)
+    ids = conn.execute(
+        select(sequences.c.id).where(sequences.c.status.in_(_UNFINISHED),
+                                     sequences.c.contact_id.in_(contact_ids) | sequences.c.id.in_(sequence_ids))
+    ).scalars().all()
+    when = detection.detected_at.ToDatetime(tzinfo=dt.UTC) if detection.HasField("detected_at") else None
+    for seq_id in ids:
+        stop_sequence(conn, user, seq_id, reason, when)
+    log.info("sequences stopped", extra={"reason": reason, "count": len(ids)})
 
 
 def account_changed(conn: Connection, user: str, email: str) -> bool:
@@ -85,11 +78,12 @@ def account_changed(conn: Connection, user: str, email: str) -> bool:
     with ``gmail_account_changed`` (its thread and drafts are in the other mailbox). True if any."""
     if not email:
         return False
-    rows = conn.execute(
-        text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active', 'paused') "
-             "AND user_email IS NOT NULL AND lower(user_email) <> lower(:e)"), {"e": email}).all()
-    for row in rows:
-        services.stop_sequence(conn, user, str(row.id), "gmail_account_changed", None)
-    if rows:
-        log.info("sequences stopped: gmail account changed", extra={"count": len(rows)})
-    return bool(rows)
+    ids = conn.execute(
+        select(sequences.c.id).where(sequences.c.status.in_(_UNFINISHED), sequences.c.user_email.is_not(None),
+                                     func.lower(sequences.c.user_email) != func.lower(email))
+    ).scalars().all()
+    for seq_id in ids:
+        stop_sequence(conn, user, seq_id, "gmail_account_changed", None)
+    if ids:
+        log.info("sequences stopped: gmail account changed", extra={"count": len(ids)})
+    return bool(ids)

@@ -2,7 +2,7 @@
 
 - **Fence.** ``fence`` buries the user in ``mailer.tombstones`` (accounts calls ``FenceUser`` before it
   answers 202; the ``account.deletion_requested`` event does the same). Every statement that lets a
-  send or a draft go ahead carries ``FENCE_OPEN``, so the check is in the very transaction that commits
+  send or a draft go ahead carries ``fence_open``, so the check is in the very transaction that commits
   to the Gmail call, immediately before it. A buried user's API calls answer ``account_deleted``.
 - **Purge.** ``purge`` (the consumer's transaction) queues the Gmail draft of every unfinished step
   for deletion, deletes every row of the user at once, and records a pending purge.
@@ -16,24 +16,47 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    Text,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx
 from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury, is_buried, subject
-from coffeeping_mailer.models import SCHEMA
+from coffeeping.events.v1 import events_pb2 as ev
+from coffeeping_mailer.models import (
+    SCHEMA,
+    contacts,
+    draft_deletions,
+    jobs,
+    outbox,
+    purges,
+    sequences,
+    steps,
+    tombstones,
+)
 
 log = logging.getLogger(__name__)
 
-ACCOUNT_DELETED = "account_deleted"
-# The fence, for statements that commit to a send or a draft; bind ``fence`` with ``fence_param``.
-FENCE_OPEN = f"NOT EXISTS (SELECT 1 FROM {SCHEMA}.tombstones WHERE subject = :fence)"
 
-
-def fence_param(key: bytes, user_id: str) -> dict[str, bytes]:
-    return {"fence": subject(key, user_id)}
+def fence_open(key: bytes, user_id: str) -> ColumnElement[bool]:
+    """The fence, for statements that commit to a send or a draft: the user is not buried."""
+    return ~exists().where(tombstones.c.subject == subject(key, user_id))
 
 
 def fence(engine: Engine, key: bytes, user_id: str) -> None:
@@ -46,7 +69,7 @@ def is_fenced(engine: Engine, key: bytes, user_id: str) -> bool:
         return is_buried(conn, SCHEMA, key, user_id)
 
 
-def queue_draft_deletions(conn: Connection, user_id: str, sequence_id: str | None = None,
+def queue_draft_deletions(conn: Connection, user_id: str, sequence_id: uuid.UUID | None = None,
                           give_up_at: dt.datetime | None = None) -> int:
     """Queue for deletion the Gmail draft of every unfinished follow-up (of one sequence, or all).
 
@@ -55,21 +78,21 @@ def queue_draft_deletions(conn: Connection, user_id: str, sequence_id: str | Non
     our Message-ID, no draft id) is queued by thread and Message-ID, and the cleaner looks it up. The
     steps forget their draft ids, so that nothing is queued twice.
     """
-    scope = "AND st.sequence_id = CAST(:s AS uuid)" if sequence_id else ""
-    queued = conn.execute(
-        text(
-            f"INSERT INTO {SCHEMA}.draft_deletions (user_id, draft_id, thread_id, rfc_message_id, give_up_at) "
-            "SELECT :u, st.draft_id, sq.thread_id, CASE WHEN st.draft_id IS NULL THEN st.rfc_message_id END, :g "
-            f"FROM {SCHEMA}.steps st JOIN {SCHEMA}.sequences sq ON sq.id = st.sequence_id "
-            f"WHERE st.position > 0 AND st.status <> 'sent' {scope} AND (st.draft_id IS NOT NULL "
-            "OR (st.rfc_message_id IS NOT NULL AND sq.thread_id IS NOT NULL "
-            "AND st.status IN ('scheduled', 'sending')))"
-        ),
-        {"u": user_id, "s": sequence_id, "g": give_up_at},
-    ).rowcount
+    unsent = [steps.c.position > 0, steps.c.status != "sent"]
+    if sequence_id:
+        unsent.append(steps.c.sequence_id == sequence_id)
+    drafts = (
+        select(literal(user_id, Text), steps.c.draft_id, sequences.c.thread_id,
+               case((steps.c.draft_id.is_(None), steps.c.rfc_message_id)), literal(give_up_at, DateTime(timezone=True)))
+        .join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
+        .where(*unsent, steps.c.draft_id.is_not(None) | (
+            steps.c.rfc_message_id.is_not(None) & sequences.c.thread_id.is_not(None)
+            & steps.c.status.in_(("scheduled", "sending"))))
+    )
+    queued: int = conn.execute(insert(draft_deletions).from_select(
+        ["user_id", "draft_id", "thread_id", "rfc_message_id", "give_up_at"], drafts)).rowcount
     if queued:
-        conn.execute(text(f"UPDATE {SCHEMA}.steps st SET draft_id = NULL WHERE st.position > 0 "
-                          f"AND st.status <> 'sent' AND st.draft_id IS NOT NULL {scope}"), {"s": sequence_id})
+        conn.execute(update(steps).where(*unsent, steps.c.draft_id.is_not(None)).values(draft_id=None))
     return queued
 
 
@@ -83,45 +106,43 @@ def purge(conn: Connection, key: bytes, user_id: str, deletion_id: str, cleanup_
     bury(conn, SCHEMA, key, user_id)
     give_up_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=cleanup_s)
     queue_draft_deletions(conn, user_id, give_up_at=give_up_at)
-    conn.execute(text(f"UPDATE {SCHEMA}.draft_deletions SET give_up_at = :g WHERE user_id = :u "
-                      "AND (give_up_at IS NULL OR give_up_at > :g)"), {"u": user_id, "g": give_up_at})
-    conn.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id IN (SELECT step_id FROM {SCHEMA}.jobs "
-                      "WHERE user_id = :u FOR UPDATE SKIP LOCKED)"), {"u": user_id})
-    conn.execute(text(f"DELETE FROM {SCHEMA}.contacts WHERE user_id = :u"), {"u": user_id})
-    forget_user(conn, SCHEMA, user_id)
-    conn.execute(text(f"DELETE FROM {SCHEMA}.outbox WHERE user_id = :u AND routing_key LIKE 'sequence.%'"),
-                 {"u": user_id})
-    drafts = conn.execute(text(f"SELECT count(*) FROM {SCHEMA}.draft_deletions WHERE user_id = :u"),
-                          {"u": user_id}).scalar_one()
     conn.execute(
-        text(f"INSERT INTO {SCHEMA}.purges (user_id, deletion_id, drafts_total) VALUES (:u, :d, :n) "
-             "ON CONFLICT (user_id) DO UPDATE SET deletion_id = EXCLUDED.deletion_id"),
-        {"u": user_id, "d": deletion_id, "n": drafts},
+        update(draft_deletions)
+        .where(draft_deletions.c.user_id == user_id,
+               draft_deletions.c.give_up_at.is_(None) | (draft_deletions.c.give_up_at > give_up_at))
+        .values(give_up_at=give_up_at)
     )
+    _drop_unheld_jobs(conn, user_id)
+    conn.execute(delete(contacts).where(contacts.c.user_id == user_id))
+    forget_user(conn, SCHEMA, user_id)
+    conn.execute(delete(outbox).where(outbox.c.user_id == user_id, outbox.c.routing_key.startswith("sequence.")))
+    drafts = conn.execute(select(func.count()).select_from(draft_deletions)
+                          .where(draft_deletions.c.user_id == user_id)).scalar_one()
+    record = insert(purges).values(user_id=user_id, deletion_id=deletion_id, drafts_total=drafts)
+    conn.execute(record.on_conflict_do_update(index_elements=[purges.c.user_id],
+                                              set_={"deletion_id": record.excluded.deletion_id}))
     log.info("account purged; draft cleanup pending", extra={"deletion_id": deletion_id, "drafts": drafts})
     return int(drafts)
 
 
 def count_left(conn: Connection, user_id: str) -> None:
     """A draft of a purged user that could not be removed (the purge reports the count)."""
-    conn.execute(text(f"UPDATE {SCHEMA}.purges SET drafts_left = drafts_left + 1 WHERE user_id = :u"),
-                 {"u": user_id})
+    conn.execute(update(purges).where(purges.c.user_id == user_id).values(drafts_left=purges.c.drafts_left + 1))
 
 
 def finish_purges(engine: Engine) -> list[str]:
     """Report ``account.purged`` for every purge whose drafts are all removed or given up; the users."""
     done: list[str] = []
     with system_tx(engine) as conn:
-        rows = conn.execute(text(
-            f"SELECT p.user_id, p.deletion_id, p.drafts_left FROM {SCHEMA}.purges p WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {SCHEMA}.draft_deletions d WHERE d.user_id = p.user_id) "
-            "ORDER BY p.created_at LIMIT 20 FOR UPDATE SKIP LOCKED")).all()
+        rows = conn.execute(
+            select(purges.c.user_id, purges.c.deletion_id, purges.c.drafts_left)
+            .where(~exists().where(draft_deletions.c.user_id == purges.c.user_id))
+            .order_by(purges.c.created_at).limit(20).with_for_update(skip_locked=True)
+        ).all()
         for row in rows:
             # A job a claimer still holds is dropped by its holder (its step is gone): wait for it.
-            conn.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id IN (SELECT step_id FROM {SCHEMA}.jobs "
-                              "WHERE user_id = :u FOR UPDATE SKIP LOCKED)"), {"u": row.user_id})
-            if conn.execute(text(f"SELECT 1 FROM {SCHEMA}.jobs WHERE user_id = :u LIMIT 1"),
-                            {"u": row.user_id}).first():
+            _drop_unheld_jobs(conn, row.user_id)
+            if conn.execute(select(exists().where(jobs.c.user_id == row.user_id))).scalar():
                 continue
             _report(conn, row)
             done.append(row.user_id)
@@ -129,9 +150,16 @@ def finish_purges(engine: Engine) -> list[str]:
 
 
 def _report(conn: Connection, row: Any) -> None:
-    publish_in_tx(conn, SCHEMA, "account.purged", row.user_id, {
-        "deletion_id": row.deletion_id, "service": "mailer", "drafts_not_removed": int(row.drafts_left)})
+    publish_in_tx(conn, SCHEMA, row.user_id, ev.AccountPurged(
+        deletion_id=row.deletion_id, service="mailer", drafts_not_removed=int(row.drafts_left)))
     forget_user(conn, SCHEMA, row.user_id)
-    conn.execute(text(f"DELETE FROM {SCHEMA}.purges WHERE user_id = :u"), {"u": row.user_id})
+    conn.execute(delete(purges).where(purges.c.user_id == row.user_id))
     log.info("account purge reported", extra={"deletion_id": row.deletion_id,
                                               "drafts_not_removed": int(row.drafts_left)})
+
+
+def _drop_unheld_jobs(conn: Connection, user_id: str) -> None:
+    """Remove the user's jobs that no claimer holds (``FOR UPDATE SKIP LOCKED``)."""
+    unheld = jobs.alias("unheld")
+    conn.execute(delete(jobs).where(jobs.c.step_id.in_(
+        select(unheld.c.step_id).where(unheld.c.user_id == user_id).with_for_update(skip_locked=True))))

@@ -1,33 +1,26 @@
 """The mailer's view of Gmail: the handful of calls it makes, with errors as our own types.
 
-Access tokens come from the vault through ``coffeeping.common.gmail.VaultTokenSource`` (never a refresh
-token). Building a client from the discovery document costs tens of milliseconds of CPU, so each thread
-builds one and every call runs on that user's own authorised HTTP object (kept per thread and user,
-refreshing from the vault on a 401). Sends are
+Clients come from ``coffeeping.common.gmail.GmailClients`` (one built client per thread, every call
+run on that user's authorised HTTP object for the scopes it needs, tokens from the vault). Sends are
 executed with ``num_retries=0``: retrying a send is the scheduler's decision, made with the step's
 recorded progress, never the HTTP library's.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import google.auth.exceptions
-import google_auth_httplib2
 import httplib2
-from google.oauth2.credentials import Credentials
-from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
 from coffeeping.common.gmail import (
     SCOPE_COMPOSE,
+    GmailClients,
     NeedsReconnect,
     VaultTokenSource,
     VaultUnavailable,
-    discovery_document,
 )
 
 # Gmail refuses message content to any token holding gmail.metadata, so a draft's body is read with a
@@ -117,95 +110,25 @@ class ThreadMessage:
     sender: str  # the From header's address, lower-cased ("" when absent)
 
 
-class _Resources:
-    """A ``users`` resource whose sub-resources (``drafts()``, ``threads()``, ...) are built once: the
-    client builds every method of a resource anew on each ``users.drafts()``, which cost more CPU than
-    the rest of a send. Per thread, like the resource itself."""
-
-    def __init__(self, users: Any) -> None:
-        self._users = users
-        self._built: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._users, name)
-        if name not in ("drafts", "messages", "threads", "history"):
-            return attr
-
-        def sub() -> Any:
-            built = self._built.get(name)
-            if built is None:
-                built = self._built[name] = attr()
-            return built
-
-        return sub
-
-
 class Gmail:
-    """Gmail for the mailer; thread safe (clients are per thread)."""
+    """Gmail for the mailer; thread safe (``GmailClients`` keeps the clients per thread)."""
 
     def __init__(self, endpoint: str, tokens: VaultTokenSource, cache_size: int = 256) -> None:
-        self.endpoint = endpoint
         self.tokens = tokens
-        self.cache_size = cache_size
-        self._local = threading.local()
+        self.clients = GmailClients(endpoint, tokens, timeout_s=30.0, cache_size=cache_size)
 
-    def _service(self) -> Any:
-        service = getattr(self._local, "service", None)
-        if service is None:
-            service = self._local.service = build_from_document(
-                discovery_document(), http=httplib2.Http(timeout=30), client_options={"api_endpoint": self.endpoint})
-        return service
-
-    def _transport(self) -> httplib2.Http:
-        """The thread's one HTTP connection pool, shared by every user's authorised wrapper: a thread
-        keeps one keep-alive connection to Gmail whatever the number of users it sends for."""
-        transport = getattr(self._local, "transport", None)
-        if transport is None:
-            transport = self._local.transport = httplib2.Http(timeout=30)
-        return transport
-
-    def _http(self, user_id: str, scopes: tuple[str, ...] = ()) -> Any:
-        cache: OrderedDict[tuple[str, tuple[str, ...]], Any] | None = getattr(self._local, "https", None)
-        if cache is None:
-            cache = self._local.https = OrderedDict()
-        key = (user_id, scopes)
-        http = cache.get(key)
-        if http is not None:
-            cache.move_to_end(key)
-            return http
+    def _client(self, user_id: str, scopes: tuple[str, ...] = ()) -> tuple[Any, Any]:
+        """The thread's ``users`` resource and the user's authorised HTTP object to run its requests on."""
         try:
-            token = self.tokens.get(user_id, scopes=scopes)
+            client = self.clients.for_user(user_id, scopes)
         except NeedsReconnect:
             raise Disconnected("vault: needs reconnect") from None
         except VaultUnavailable as exc:
             raise Transient(f"vault unavailable ({exc})") from None
-
-        def refresh(_request: Any, _asked: Any) -> tuple[str, Any]:
-            # google-auth passes its own idea of the scopes (None here): refresh the same scope set.
-            fresh = self.tokens.get(user_id, force=True, scopes=scopes)
-            return fresh.token, fresh.expires_at.replace(tzinfo=None)
-
-        credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
-                                  refresh_handler=refresh)
-        http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport())
-        cache[key] = http
-        if len(cache) > self.cache_size:
-            cache.popitem(last=False)
-        return http
-
-    def _client(self, user_id: str) -> tuple[Any, Any]:
-        """The thread's ``users`` resource and the user's authorised HTTP object to run its requests on."""
-        users = getattr(self._local, "users", None)
-        if users is None:
-            users = self._local.users = _Resources(self._service().users())
-        return users, self._http(user_id)
+        return client.users, client.http
 
     def forget(self, user_id: str) -> None:
-        cache = getattr(self._local, "https", None)
-        if cache is not None:
-            for key in [k for k in cache if k[0] == user_id]:
-                del cache[key]
-        self.tokens.forget(user_id)
+        self.clients.forget(user_id)
 
     def user_email(self, user_id: str) -> str:
         try:
@@ -249,7 +172,7 @@ class Gmail:
 
         Read with a compose-only token: the user's own draft, as it will be sent.
         """
-        users, http = self._service().users(), self._http(user_id, _CONTENT_SCOPES)
+        users, http = self._client(user_id, _CONTENT_SCOPES)
         reply = _run(users.drafts().get(userId="me", id=draft_id, format="raw"), http)
         message = reply["message"]
         return str(message["id"]), _plain_text(str(message.get("raw", "")))

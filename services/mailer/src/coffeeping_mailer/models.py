@@ -14,8 +14,9 @@
 Deleting a contact cascades to its sequences, steps and jobs.
 
 The tables below are every table of the schema, as the migrations leave it
-(``tests/platform/test_models_match_migrations.py`` keeps the two equal); the service's queries are SQL
-text, and check constraints and row-level-security policies live in the migrations only.
+(``tests/integration/platform/test_models_match_migrations.py`` keeps the two equal); the service's queries
+are built from these tables (SQLAlchemy Core), and check constraints and row-level-security policies
+live in the migrations only.
 """
 
 from sqlalchemy import (
@@ -46,8 +47,10 @@ SEQUENCE_TERMINAL = ("stopped", "completed")
 # Step states (the public API shows these).
 STEP_STATES = ("scheduled", "sending", "sent", "cancelled", "failed")
 
+# Why a sequence stopped (``stop_reason``; the public API shows these). A completed sequence has none;
+# its ``sequence.stopped`` event says "completed".
 STOP_REASONS = ("replied", "bounced", "cancelled", "user_took_over", "draft_deleted", "gmail_disconnected",
-                "contact_deleted", "failed", "completed")
+                "gmail_account_changed", "thread_deleted", "contact_deleted", "failed")
 
 metadata = MetaData(schema=SCHEMA)
 

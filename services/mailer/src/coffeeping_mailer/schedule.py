@@ -49,11 +49,12 @@ def parse_delay(text: str) -> Delay:
 
 
 def parse_zone(name: str) -> ZoneInfo:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,2}", name):
+    if (not isinstance(name, str) or len(name) > 64
+            or not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,2}", name)):
         raise ValueError("must be an IANA time zone such as Europe/Paris")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "Europe"
         raise ValueError("must be an IANA time zone such as Europe/Paris") from None
 
 

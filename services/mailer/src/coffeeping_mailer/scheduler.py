@@ -26,24 +26,53 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    update,
+)
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import classify_received
 from coffeeping.common.messaging import publish_in_tx
 from coffeeping.common.tombstones import is_buried
-from coffeeping_mailer import fence, schedule, services
-from coffeeping_mailer.fence import FENCE_OPEN, fence_param
+from coffeeping.events.v1 import events_pb2 as ev
+from coffeeping_mailer import fence, lifecycle, schedule
+from coffeeping_mailer.fence import fence_open
 from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected, ThreadMessage, Transient
 from coffeeping_mailer.mime import Outgoing, UnsafeHeader, build, new_message_id, reply_subject, to_raw
-from coffeeping_mailer.models import SCHEMA
+from coffeeping_mailer.models import SCHEMA, SEQUENCE_LIVE, draft_deletions, jobs, sequences, steps
 
 log = logging.getLogger("coffeeping_mailer.scheduler")
 UTC = dt.UTC
-# A step may go to Gmail (a send, a draft) only if the user is not fenced and its sequence still runs;
-# every statement that commits to such a call carries this (bind ``fence`` with ``fence_param``).
-_MAY_PROCEED = (f"{FENCE_OPEN} AND EXISTS (SELECT 1 FROM {SCHEMA}.sequences s WHERE s.id = sequence_id "
-                "AND s.status IN ('scheduled', 'active'))")
+_PENDING = ("scheduled", "sending")
+
+
+def _may_proceed(key: bytes, user: str) -> ColumnElement[bool]:
+    """A step may go to Gmail (a send, a draft) only if the user is not fenced and its sequence still
+    runs; every ``UPDATE steps`` that commits to such a call carries this condition."""
+    return and_(fence_open(key, user), exists().where(sequences.c.id == steps.c.sequence_id,
+                                                      sequences.c.status.in_(SEQUENCE_LIVE)))
+
+
+# What ``Scheduler._load`` reads of a step and its sequence.
+_STEP_AND_SEQUENCE = (
+    steps.c.id, steps.c.position, steps.c.body, steps.c.delay, steps.c.send_at, steps.c.status,
+    steps.c.rfc_message_id, steps.c.draft_id, steps.c.draft_message_id, steps.c.sending_since, steps.c.attempts,
+    steps.c.due_at, sequences.c.id.label("sequence_id"), sequences.c.contact_id, sequences.c.subject,
+    sequences.c.status.label("seq_status"), sequences.c.to_email, sequences.c.to_name, sequences.c.thread_id,
+    sequences.c.history_id, sequences.c.started_at, sequences.c.business_days, sequences.c.window_start,
+    sequences.c.window_end, sequences.c.time_zone)
 
 
 @dataclass(frozen=True)
@@ -103,22 +132,22 @@ class Scheduler:
 
     def _claim_and_work(self, limit: int, work: Any) -> int:
         with system_tx(self.engine) as conn:
-            jobs = conn.execute(
-                text(f"SELECT step_id, sequence_id, user_id, due_at FROM {SCHEMA}.jobs WHERE due_at <= now() "
-                     "ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit}
+            claimed = conn.execute(
+                select(jobs.c.step_id, jobs.c.sequence_id, jobs.c.user_id, jobs.c.due_at)
+                .where(jobs.c.due_at <= func.now()).order_by(jobs.c.due_at).limit(limit)
+                .with_for_update(skip_locked=True)
             ).all()
-            if not jobs:
+            if not claimed:
                 return 0
-            outcomes = work(jobs)
-            done = [job.step_id for job, outcome in zip(jobs, outcomes, strict=True) if outcome is None]
-            later = [(job.step_id, outcome.due) for job, outcome in zip(jobs, outcomes, strict=True)
+            outcomes = work(claimed)
+            done = [job.step_id for job, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
+            later = [(job.step_id, outcome.due) for job, outcome in zip(claimed, outcomes, strict=True)
                      if isinstance(outcome, Retry)]
             if done:
-                conn.execute(text(f"DELETE FROM {SCHEMA}.jobs WHERE step_id = ANY(:s)"), {"s": done})
+                conn.execute(delete(jobs).where(jobs.c.step_id.in_(done)))
             for step_id, due in later:
-                conn.execute(text(f"UPDATE {SCHEMA}.jobs SET due_at = :d WHERE step_id = :s"),
-                             {"d": due, "s": step_id})
-        return len(jobs)
+                conn.execute(update(jobs).where(jobs.c.step_id == step_id).values(due_at=due))
+        return len(claimed)
 
     def _work(self, job: Any) -> Retry | None:
         try:
@@ -131,24 +160,17 @@ class Scheduler:
     def _load(self, conn: Connection, step_id: Any, for_send: bool = False) -> Any:
         """The step with its sequence; ``for_send`` adds, in the same query, the user's sends of the last
         24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
-        columns, joins = "", ""
+        query = select(*_STEP_AND_SEQUENCE).join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
         if for_send:
-            columns = (", d.sent_today, d.oldest_today, "
-                       f"ARRAY(SELECT k.gmail_message_id FROM {SCHEMA}.steps k WHERE k.sequence_id = s.id "
-                       "AND k.gmail_message_id IS NOT NULL) AS known")
-            joins = (f" CROSS JOIN (SELECT count(*) AS sent_today, min(sent_at) AS oldest_today FROM {SCHEMA}.steps "
-                     "WHERE sent_at > now() - interval '24 hours') AS d")
-        return conn.execute(
-            text(
-                "SELECT st.id, st.position, st.body, st.delay, st.send_at, st.status, st.rfc_message_id, st.draft_id, "
-                "st.draft_message_id, st.sending_since, st.attempts, st.due_at, "
-                "s.id AS sequence_id, s.contact_id, s.subject, s.status AS seq_status, s.to_email, s.to_name, "
-                "s.thread_id, s.history_id, s.started_at, s.business_days, s.window_start, s.window_end, s.time_zone"
-                f"{columns} FROM {SCHEMA}.steps st JOIN {SCHEMA}.sequences s ON s.id = st.sequence_id{joins} "
-                "WHERE st.id = :id"
-            ),
-            {"id": step_id},
-        ).first()
+            today = (select(func.count().label("sent_today"), func.min(steps.c.sent_at).label("oldest_today"))
+                     .where(steps.c.sent_at > func.now() - dt.timedelta(hours=24)).subquery("d"))
+            others = steps.alias("k")
+            known = (select(others.c.gmail_message_id)
+                     .where(others.c.sequence_id == sequences.c.id, others.c.gmail_message_id.is_not(None)))
+            query = (query.join(today, true())
+                     .add_columns(today.c.sent_today, today.c.oldest_today,
+                                  func.array(known.scalar_subquery()).label("known")))
+        return conn.execute(query.where(steps.c.id == step_id)).first()
 
     def process(self, job: Any) -> Retry | None:
         user = job.user_id
@@ -161,15 +183,15 @@ class Scheduler:
                 return None  # fenced: the purge removes the rest
             if step.status not in ("scheduled", "sending"):
                 return None
-            rules = services.rules_of(step)
+            rules = lifecycle.rules_of(step)
             if step.position > 0:
                 allowed = schedule.fit_window(now, rules)
                 if allowed > now + dt.timedelta(seconds=1):
                     return Retry(allowed)
             if step.sent_today >= self.daily_cap:
                 later = step.oldest_today + dt.timedelta(hours=24, seconds=1)
-                conn.execute(text(f"UPDATE {SCHEMA}.steps SET last_error = 'daily cap reached; deferred' "
-                                  "WHERE id = :id"), {"id": step.id})
+                conn.execute(update(steps).where(steps.c.id == step.id)
+                             .values(last_error="daily cap reached; deferred"))
                 return Retry(schedule.fit_window(later, rules) if step.position > 0 else later)
             known = set(step.known or ())
         try:
@@ -182,9 +204,10 @@ class Scheduler:
             log.warning("gmail disconnected; pausing the user's sequences", extra={"step_id": str(step.id)})
             self.gmail.forget(user)
             with user_tx(self.engine, user) as conn:
-                pause_all(conn, "gmail_disconnected")
-                conn.execute(text(f"UPDATE {SCHEMA}.steps SET status = 'scheduled' WHERE id = :id "
-                                  "AND status = 'sending' AND position > 0"), {"id": step.id})
+                lifecycle.pause_all(conn, "gmail_disconnected")
+                conn.execute(update(steps)
+                             .where(steps.c.id == step.id, steps.c.status == "sending", steps.c.position > 0)
+                             .values(status="scheduled"))
             return None
         except Transient as exc:
             return self._transient(user, step, exc)
@@ -205,19 +228,18 @@ class Scheduler:
                                                      "retry_in_s": delay, "attempts": attempts})
         with user_tx(self.engine, user) as conn:
             conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET attempts = :a, last_error = :e, "
-                     "status = CASE WHEN position > 0 AND status = 'sending' THEN 'scheduled' ELSE status END "
-                     "WHERE id = :id"),
-                {"a": attempts, "e": exc.reason, "id": step.id},
+                update(steps).where(steps.c.id == step.id)
+                .values(attempts=attempts, last_error=exc.reason,
+                        status=case((and_(steps.c.position > 0, steps.c.status == "sending"), "scheduled"),
+                                    else_=steps.c.status))
             )
         return Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=delay))
 
     def _fail(self, user: str, step: Any, reason: str) -> None:
         with user_tx(self.engine, user) as conn:
-            conn.execute(text(f"UPDATE {SCHEMA}.steps SET status = 'failed', last_error = :e, "
-                              "attempts = attempts + 1 WHERE id = :id AND status <> 'sent'"),
-                         {"e": reason[:300], "id": step.id})
-            services.stop_sequence(conn, user, str(step.sequence_id), "failed", None)
+            conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
+                         .values(status="failed", last_error=reason[:300], attempts=steps.c.attempts + 1))
+            lifecycle.stop_sequence(conn, user, step.sequence_id, "failed", None)
 
     # ------------------------------------------------------------------------------------ first email
     def _send_first(self, user: str, step: Any) -> None:
@@ -238,14 +260,15 @@ class Scheduler:
         with user_tx(self.engine, user) as conn:
             # The fence and the sequence's state, checked in the transaction that commits to the send.
             marked = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = now(), rfc_message_id = :r "
-                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {_MAY_PROCEED} RETURNING id"),
-                {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
+                update(steps)
+                .where(steps.c.id == step.id, steps.c.status.in_(_PENDING), _may_proceed(self.tombstone_key, user))
+                .values(status="sending", sending_since=func.now(), rfc_message_id=rfc)
+                .returning(steps.c.id)
             ).first()
             if marked is None:
                 return
-            conn.execute(text(f"UPDATE {SCHEMA}.sequences SET history_id = :h, user_email = :e WHERE id = :s"),
-                         {"h": history_id, "e": user_email, "s": step.sequence_id})
+            conn.execute(update(sequences).where(sequences.c.id == step.sequence_id)
+                         .values(history_id=history_id, user_email=user_email))
         result = self.gmail.send(user, to_raw(raw))
         try:
             # Gmail may put its own Message-ID on a sent message; replies must reference the real one.
@@ -258,32 +281,32 @@ class Scheduler:
                       user_email: str) -> None:
         with user_tx(self.engine, user) as conn:
             done = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET status = 'sent', sent_at = now(), gmail_message_id = :m, "
-                     "thread_id = :t, rfc_message_id = :r, sent_body = body, last_error = NULL "
-                     "WHERE id = :id AND status <> 'sent' RETURNING sent_at"),
-                {"m": message_id, "t": thread_id, "r": rfc, "id": step.id},
+                update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
+                .values(status="sent", sent_at=func.now(), gmail_message_id=message_id, thread_id=thread_id,
+                        rfc_message_id=rfc, sent_body=steps.c.body, last_error=None)
+                .returning(steps.c.sent_at)
             ).first()
             if done is None:
                 return
             live = conn.execute(
-                text(f"UPDATE {SCHEMA}.sequences SET status = 'active', thread_id = :t, started_at = :at, "
-                     "updated_at = now() WHERE id = :s AND status IN ('scheduled', 'active') RETURNING id"),
-                {"t": thread_id, "at": done.sent_at, "s": step.sequence_id},
+                update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.status.in_(SEQUENCE_LIVE))
+                .values(status="active", thread_id=thread_id, started_at=done.sent_at, updated_at=func.now())
+                .returning(sequences.c.id)
             ).first()
-            conn.execute(text(f"UPDATE {SCHEMA}.sequences SET thread_id = :t WHERE id = :s AND thread_id IS NULL"),
-                         {"t": thread_id, "s": step.sequence_id})
-            publish_in_tx(conn, SCHEMA, "sequence.started", user, {
-                "sequence_id": str(step.sequence_id), "contact_id": str(step.contact_id),
-                "contact_email": step.to_email, "thread_id": thread_id, "message_id": message_id,
-                "history_id": history_id, "user_email": user_email})
-            publish_in_tx(conn, SCHEMA, "sequence.message_sent", user, {
-                "sequence_id": str(step.sequence_id), "thread_id": thread_id, "message_id": message_id})
+            conn.execute(update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.thread_id.is_(None))
+                         .values(thread_id=thread_id))
+            publish_in_tx(conn, SCHEMA, user, ev.SequenceStarted(
+                sequence_id=str(step.sequence_id), contact_id=str(step.contact_id), contact_email=step.to_email,
+                thread_id=thread_id, message_id=message_id,
+                history_id=int(history_id) if str(history_id or "").isdigit() else None, user_email=user_email))
+            publish_in_tx(conn, SCHEMA, user, ev.SequenceMessageSent(
+                sequence_id=str(step.sequence_id), thread_id=thread_id, message_id=message_id))
             if live is None:
                 # Stopped while the email was on its way: tell the watcher, schedule nothing.
-                reason = conn.execute(text(f"SELECT stop_reason FROM {SCHEMA}.sequences WHERE id = :s"),
-                                      {"s": step.sequence_id}).scalar()
-                publish_in_tx(conn, SCHEMA, "sequence.stopped", user,
-                              {"sequence_id": str(step.sequence_id), "reason": reason or "cancelled"})
+                reason = conn.execute(select(sequences.c.stop_reason)
+                                      .where(sequences.c.id == step.sequence_id)).scalar()
+                publish_in_tx(conn, SCHEMA, user,
+                              ev.SequenceStopped(sequence_id=str(step.sequence_id), reason=reason or "cancelled"))
                 return
             self._plan_next(conn, user, step, done.sent_at, chain=True)
         log.info("first email sent", extra={"step_id": str(step.id), "gmail_message_id": message_id})
@@ -291,21 +314,22 @@ class Scheduler:
 
     def _plan_next(self, conn: Connection, user: str, step: Any, sent_at: dt.datetime, chain: bool) -> None:
         """Set due times from ``sent_at`` (all remaining steps when ``chain``) and queue the next one."""
-        rules = services.rules_of(step)
+        rules = lifecycle.rules_of(step)
         rows = conn.execute(
-            text(f"SELECT id, delay, send_at FROM {SCHEMA}.steps WHERE sequence_id = :s AND position > :p "
-                 "AND status = 'scheduled' ORDER BY position"),
-            {"s": step.sequence_id, "p": step.position},
+            select(steps.c.id, steps.c.delay, steps.c.send_at)
+            .where(steps.c.sequence_id == step.sequence_id, steps.c.position > step.position,
+                   steps.c.status == "scheduled")
+            .order_by(steps.c.position)
         ).all()
         if not rows:
             ended = conn.execute(
-                text(f"UPDATE {SCHEMA}.sequences SET status = 'completed', stopped_at = now(), updated_at = now() "
-                     "WHERE id = :s AND status IN ('scheduled', 'active') RETURNING id"),
-                {"s": step.sequence_id},
+                update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.status.in_(SEQUENCE_LIVE))
+                .values(status="completed", stopped_at=func.now(), updated_at=func.now())
+                .returning(sequences.c.id)
             ).first()
             if ended is not None:
-                publish_in_tx(conn, SCHEMA, "sequence.stopped", user,
-                              {"sequence_id": str(step.sequence_id), "reason": "completed"})
+                publish_in_tx(conn, SCHEMA, user,
+                              ev.SequenceStopped(sequence_id=str(step.sequence_id), reason="completed"))
             return
         previous = sent_at
         for index, row in enumerate(rows):
@@ -313,12 +337,13 @@ class Scheduler:
                 due = schedule.next_due(previous, schedule.parse_delay(row.delay), rules)
             else:
                 due = max(row.send_at, previous)
-            conn.execute(text(f"UPDATE {SCHEMA}.steps SET due_at = :d WHERE id = :id"), {"d": due, "id": row.id})
+            conn.execute(update(steps).where(steps.c.id == row.id).values(due_at=due))
             if index == 0:
                 # The next job's row could be one a claimer of this process holds (only if a sequence ever
                 # had two jobs): never wait on it for long; the step is retried and finds its send recorded.
-                conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-                services._insert_job(conn, user, str(step.sequence_id), str(row.id), due)
+                # (``SET LOCAL lock_timeout = '10s'``.)
+                conn.execute(select(func.set_config("lock_timeout", "10s", True)))
+                lifecycle.insert_job(conn, user, step.sequence_id, row.id, due)
                 if not chain:
                     return
             previous = due
@@ -326,14 +351,16 @@ class Scheduler:
     # -------------------------------------------------------------------------------------- drafts
     def _create_drafts(self, user: str, sequence_id: Any, user_email: str) -> None:
         with user_tx(self.engine, user) as conn:
-            rows = conn.execute(text(f"SELECT id FROM {SCHEMA}.steps WHERE sequence_id = :s AND position > 0 "
-                                     "AND status = 'scheduled' AND draft_id IS NULL ORDER BY position"),
-                                {"s": sequence_id}).all()
-        for row in rows:
+            ids = conn.execute(
+                select(steps.c.id).where(steps.c.sequence_id == sequence_id, steps.c.position > 0,
+                                         steps.c.status == "scheduled", steps.c.draft_id.is_(None))
+                .order_by(steps.c.position)
+            ).scalars().all()
+        for step_id in ids:
             try:
-                self._make_draft(user, row.id, user_email)
+                self._make_draft(user, step_id, user_email)
             except Transient as exc:
-                log.info("draft not created yet; will be at send time", extra={"step_id": str(row.id),
+                log.info("draft not created yet; will be at send time", extra={"step_id": str(step_id),
                                                                               "reason": exc.reason})
                 return
 
@@ -346,8 +373,9 @@ class Scheduler:
         """
         with user_tx(self.engine, user) as conn:
             step = self._load(conn, step_id)
-            first = conn.execute(text(f"SELECT rfc_message_id FROM {SCHEMA}.steps WHERE sequence_id = :s "
-                                      "AND position = 0"), {"s": step.sequence_id}).scalar() if step else None
+            first = conn.execute(
+                select(steps.c.rfc_message_id).where(steps.c.sequence_id == step.sequence_id, steps.c.position == 0)
+            ).scalar() if step else None
         if step is None or step.status != "scheduled" or not step.thread_id or not first:
             return None
         if step.draft_id:
@@ -355,29 +383,31 @@ class Scheduler:
         rfc = step.rfc_message_id or new_message_id(user_email)
         with user_tx(self.engine, user) as conn:
             intended = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET rfc_message_id = :r WHERE id = :id AND draft_id IS NULL "
-                     f"AND status = 'scheduled' AND {_MAY_PROCEED} RETURNING id"),
-                {"r": rfc, "id": step.id, **fence_param(self.tombstone_key, user)},
+                update(steps)
+                .where(steps.c.id == step.id, steps.c.draft_id.is_(None), steps.c.status == "scheduled",
+                       _may_proceed(self.tombstone_key, user))
+                .values(rfc_message_id=rfc)
+                .returning(steps.c.id)
             ).first()
         if intended is None:
             return None
         found = self.gmail.find_draft(user, step.thread_id, rfc) if step.rfc_message_id else None
         if found is not None:
             log.info("draft of an interrupted attempt found", extra={"step_id": str(step.id)})
-            draft = {"id": found[0], "message": {"id": found[1]}}
+            draft: dict[str, Any] = {"id": found[0], "message": {"id": found[1]}}
         else:
             raw = build(Outgoing(step.to_email, step.to_name, user_email, reply_subject(step.subject), step.body,
                                  rfc, in_reply_to=first, references=first))
             draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
         with user_tx(self.engine, user) as conn:
             kept = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET draft_id = :d, draft_message_id = :m "
-                     "WHERE id = :id AND draft_id IS NULL AND status = 'scheduled' RETURNING id"),
-                {"d": draft["id"], "m": draft["message"]["id"], "id": step.id},
+                update(steps)
+                .where(steps.c.id == step.id, steps.c.draft_id.is_(None), steps.c.status == "scheduled")
+                .values(draft_id=draft["id"], draft_message_id=draft["message"]["id"])
+                .returning(steps.c.id)
             ).first()
             if kept is None:
-                conn.execute(text(f"INSERT INTO {SCHEMA}.draft_deletions (user_id, draft_id) VALUES (:u, :d)"),
-                             {"u": user, "d": draft["id"]})
+                conn.execute(insert(draft_deletions).values(user_id=user, draft_id=draft["id"]))
                 return None
         return draft["id"], draft["message"]["id"]
 
@@ -393,10 +423,10 @@ class Scheduler:
         # The fence and the sequence's state, checked in the transaction that commits to the send.
         with user_tx(self.engine, user) as conn:
             marked = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET status = 'sending', sending_since = COALESCE(sending_since, now()) "
-                     f"WHERE id = :id AND status IN ('scheduled', 'sending') AND {_MAY_PROCEED} "
-                     "RETURNING sending_since"),
-                {"id": step.id, **fence_param(self.tombstone_key, user)},
+                update(steps)
+                .where(steps.c.id == step.id, steps.c.status.in_(_PENDING), _may_proceed(self.tombstone_key, user))
+                .values(status="sending", sending_since=func.coalesce(steps.c.sending_since, func.now()))
+                .returning(steps.c.sending_since)
             ).first()
         if marked is None:
             return
@@ -425,8 +455,8 @@ class Scheduler:
             if edited:
                 # Stored before the send, so that a send adopted after a crash records what went out.
                 with user_tx(self.engine, user) as conn:
-                    conn.execute(text(f"UPDATE {SCHEMA}.steps SET edited_in_gmail = true, sent_body = :b "
-                                      "WHERE id = :id AND status = 'sending'"), {"b": edited_body, "id": step.id})
+                    conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status == "sending")
+                                 .values(edited_in_gmail=True, sent_body=edited_body))
         try:
             result = self.gmail.send_draft(user, draft_id)
         except NotFound:
@@ -453,7 +483,7 @@ class Scheduler:
 
     def _stop(self, user: str, step: Any, reason: str, when: dt.datetime | None) -> None:
         with user_tx(self.engine, user) as conn:
-            services.stop_sequence(conn, user, str(step.sequence_id), reason, when)
+            lifecycle.stop_sequence(conn, user, step.sequence_id, reason, when)
 
     def _adopt_sent(self, user: str, step: Any, thread: list[ThreadMessage], known: set[str],
                     since: dt.datetime | None = None) -> bool:
@@ -474,28 +504,29 @@ class Scheduler:
         """The user deleted the draft in Gmail: that step is cancelled; the sequence goes on without it."""
         log.info("draft deleted in gmail; step cancelled", extra={"step_id": str(step.id)})
         with user_tx(self.engine, user) as conn:
-            conn.execute(text(f"UPDATE {SCHEMA}.steps SET status = 'cancelled', cancel_reason = 'draft_deleted' "
-                              "WHERE id = :id AND status IN ('scheduled', 'sending')"), {"id": step.id})
-            rest = conn.execute(text(f"SELECT count(*) FROM {SCHEMA}.steps WHERE sequence_id = :s "
-                                     "AND status = 'scheduled'"), {"s": step.sequence_id}).scalar()
+            conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status.in_(_PENDING))
+                         .values(status="cancelled", cancel_reason="draft_deleted"))
+            rest = conn.execute(select(func.count()).select_from(steps)
+                                .where(steps.c.sequence_id == step.sequence_id, steps.c.status == "scheduled")).scalar()
             if rest:
                 self._plan_next(conn, user, step, dt.datetime.now(UTC), chain=False)
             else:
-                services.stop_sequence(conn, user, str(step.sequence_id), "draft_deleted", None)
+                lifecycle.stop_sequence(conn, user, step.sequence_id, "draft_deleted", None)
 
     def _record_follow_up(self, user: str, step: Any, message_id: str, edited: bool | None) -> None:
         with user_tx(self.engine, user) as conn:
+            # What went out: the edited body when it was edited in Gmail (``edited`` None: as recorded).
+            kept_edit = steps.c.edited_in_gmail if edited is None else literal(edited)
             done = conn.execute(
-                text(f"UPDATE {SCHEMA}.steps SET status = 'sent', sent_at = now(), gmail_message_id = :m, "
-                     "thread_id = :t, last_error = NULL, "
-                     "sent_body = CASE WHEN COALESCE(:e, edited_in_gmail) THEN sent_body ELSE body END "
-                     "WHERE id = :id AND status <> 'sent' RETURNING sent_at"),
-                {"m": message_id, "t": step.thread_id, "e": edited, "id": step.id},
+                update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
+                .values(status="sent", sent_at=func.now(), gmail_message_id=message_id, thread_id=step.thread_id,
+                        last_error=None, sent_body=case((kept_edit, steps.c.sent_body), else_=steps.c.body))
+                .returning(steps.c.sent_at)
             ).first()
             if done is None:
                 return
-            publish_in_tx(conn, SCHEMA, "sequence.message_sent", user, {
-                "sequence_id": str(step.sequence_id), "thread_id": step.thread_id, "message_id": message_id})
+            publish_in_tx(conn, SCHEMA, user, ev.SequenceMessageSent(
+                sequence_id=str(step.sequence_id), thread_id=step.thread_id, message_id=message_id))
             self._plan_next(conn, user, step, done.sent_at, chain=False)
         log.info("follow-up sent", extra={"step_id": str(step.id), "gmail_message_id": message_id})
 
@@ -507,10 +538,12 @@ class Scheduler:
         removed; any other (a stop, a contact's deletion) is retried a bounded number of times.
         """
         with system_tx(self.engine) as conn:
+            queued = draft_deletions.c
             rows = conn.execute(
-                text(f"SELECT id, user_id, draft_id, thread_id, rfc_message_id, attempts, give_up_at "
-                     f"FROM {SCHEMA}.draft_deletions WHERE not_before <= now() "
-                     "ORDER BY not_before LIMIT 20 FOR UPDATE SKIP LOCKED")
+                select(queued.id, queued.user_id, queued.draft_id, queued.thread_id, queued.rfc_message_id,
+                       queued.attempts, queued.give_up_at)
+                .where(queued.not_before <= func.now()).order_by(queued.not_before).limit(20)
+                .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
                 removed = self._delete_draft(row)
@@ -520,15 +553,14 @@ class Scheduler:
                     else:
                         exhausted, cap = row.give_up_at <= dt.datetime.now(UTC), 60.0
                     if not exhausted:
-                        conn.execute(
-                            text(f"UPDATE {SCHEMA}.draft_deletions SET attempts = attempts + 1, "
-                                 "not_before = now() + make_interval(secs => :d) WHERE id = :id"),
-                            {"d": min(2.0 ** row.attempts, cap), "id": row.id})
+                        backoff = dt.timedelta(seconds=min(2.0 ** row.attempts, cap))
+                        conn.execute(update(draft_deletions).where(queued.id == row.id)
+                                     .values(attempts=queued.attempts + 1, not_before=func.now() + backoff))
                         continue
                     removed = False
                 if not removed:
                     fence.count_left(conn, row.user_id)
-                conn.execute(text(f"DELETE FROM {SCHEMA}.draft_deletions WHERE id = :id"), {"id": row.id})
+                conn.execute(delete(draft_deletions).where(queued.id == row.id))
         finished = fence.finish_purges(self.engine)
         for user in finished:
             self.gmail.forget(user)
@@ -552,10 +584,3 @@ class Scheduler:
             return None
         return True
 
-
-def pause_all(conn: Connection, reason: str) -> int:
-    """Pause every running sequence of the transaction's user (e.g. Gmail disconnected)."""
-    rows = conn.execute(text(f"SELECT id FROM {SCHEMA}.sequences WHERE status IN ('scheduled', 'active')")).all()
-    for row in rows:
-        services.pause(conn, str(row.id), reason)
-    return len(rows)

@@ -1,54 +1,82 @@
-"""The mailer gRPC API: the public outreach API tunnelled as ``Call``, and the export stream."""
+"""The mailer's gRPC API: typed resource RPCs for contacts and sequences, the export and the fence.
+
+Each RPC turns its request into plain values, calls the resource module, and turns the resource dict
+it returns into the response message. A refusal is an :class:`ApiError`, answered with its status code
+and ``google.rpc`` details; a storage failure is ``UNAVAILABLE``.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
-from coffeeping.mailer.v1 import mailer_pb2, mailer_pb2_grpc
+from coffeeping.mailer.v1 import mailer_pb2 as pb
+from coffeeping.mailer.v1 import mailer_pb2_grpc
 from coffeeping.types.v1 import export_pb2
-from coffeeping_mailer import fence, services
-from coffeeping_mailer.errors import ApiError
+from coffeeping_mailer import contacts, export, fence, imports, sequences
+from coffeeping_mailer.errors import ApiError, account_deleted
 
 log = logging.getLogger("coffeeping_mailer.api")
 
 _SERVICE = "/coffeeping.mailer.v1.Mailer/"
+_RESOURCE_METHODS = (
+    "CreateContact", "GetContact", "ListContacts", "UpdateContact", "DeleteContact", "ImportContacts",
+    "CreateSequence", "GetSequence", "ListSequences", "SendSequence", "PauseSequence", "ResumeSequence",
+    "CancelSequence",
+)
 POLICY: dict[str, Allow] = {
     _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
-    _SERVICE + "Call": allow(GATEWAY),
+    **{_SERVICE + name: allow(GATEWAY) for name in _RESOURCE_METHODS},
     _SERVICE + "ExportData": allow("accounts", user_from=["accounts"]),
     _SERVICE + "FenceUser": allow("accounts", user_from=["accounts"]),
 }
 
-Operation = Callable[[Engine, str, dict[str, str], dict[str, str], bytes], tuple[int, Any]]
-
-OPERATIONS: dict[str, Operation] = {
-    "contacts.create": lambda e, u, p, q, b: services.create_contact(e, u, b),
-    "contacts.list": lambda e, u, p, q, b: services.list_contacts(e, u, q),
-    "contacts.get": lambda e, u, p, q, b: services.get_contact(e, u, p.get("contact_id", "")),
-    "contacts.update": lambda e, u, p, q, b: services.update_contact(e, u, p.get("contact_id", ""), b),
-    "contacts.delete": lambda e, u, p, q, b: services.delete_contact(e, u, p.get("contact_id", "")),
-    "contacts.import": lambda e, u, p, q, b: services.import_contacts(e, u, b),
-    "sequences.create": lambda e, u, p, q, b: services.create_sequence(e, u, b),
-    "sequences.list": lambda e, u, p, q, b: services.list_sequences(e, u, q),
-    "sequences.get": lambda e, u, p, q, b: services.get_sequence(e, u, p.get("sequence_id", "")),
-    "sequences.send": lambda e, u, p, q, b: services.send_sequence(e, u, p.get("sequence_id", ""), b),
-    "sequences.pause": lambda e, u, p, q, b: services.pause_sequence(e, u, p.get("sequence_id", "")),
-    "sequences.resume": lambda e, u, p, q, b: services.resume_sequence(e, u, p.get("sequence_id", "")),
-    "sequences.cancel": lambda e, u, p, q, b: services.cancel_sequence(e, u, p.get("sequence_id", "")),
-}
+M = TypeVar("M", bound=Message)
+Handler = Callable[["MailerServicer", Any, str], Message]
 
 
-def _response(status: int, body: Any) -> mailer_pb2.ApiResponse:
-    data = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return mailer_pb2.ApiResponse(http_status=status, body=data)
+def _values(message: Message) -> dict[str, Any]:
+    """The fields set in ``message`` as JSON values (times as RFC 3339 strings)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _message(values: dict[str, Any], message: M) -> M:
+    """A resource dict (None for an absent value) as ``message``."""
+    return json_format.ParseDict(values, message)
+
+
+def _page(items: list[dict[str, Any]], next_cursor: str | None, response: M, field: str) -> M:
+    return _message({field: items, "next_page_token": next_cursor or ""}, response)
+
+
+def resource_rpc(handler: Handler) -> Callable[..., Message]:
+    """Run ``handler`` for the calling user unless the account is deleted, mapping its refusals."""
+
+    @functools.wraps(handler)
+    def rpc(self: MailerServicer, request: Any, context: grpc.ServicerContext) -> Message:
+        user_id = current_user()
+        try:
+            if fence.is_fenced(self.engine, self.tombstone_key, user_id):
+                raise account_deleted()
+            return handler(self, request, user_id)
+        except ApiError as exc:
+            context.abort_with_status(exc.status())
+        except DBAPIError as exc:
+            log.error("database error", extra={"operation": handler.__name__, "error": type(exc.orig).__name__})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "storage unavailable")
+        raise AssertionError("unreachable")  # abort raises
+
+    return rpc
 
 
 class MailerServicer(mailer_pb2_grpc.MailerServicer):
@@ -56,36 +84,80 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
         self.engine = engine
         self.tombstone_key = tombstone_key
 
-    def FenceUser(self, request: mailer_pb2.FenceUserRequest,
-                  context: grpc.ServicerContext) -> mailer_pb2.FenceUserResponse:
+    # ------------------------------------------------------------------------------------- contacts
+    @resource_rpc
+    def CreateContact(self, request: pb.CreateContactRequest, user_id: str) -> pb.Contact:
+        return _message(contacts.create_contact(self.engine, user_id, _values(request.contact)), pb.Contact())
+
+    @resource_rpc
+    def GetContact(self, request: pb.GetContactRequest, user_id: str) -> pb.Contact:
+        return _message(contacts.get_contact(self.engine, user_id, request.contact_id), pb.Contact())
+
+    @resource_rpc
+    def ListContacts(self, request: pb.ListContactsRequest, user_id: str) -> pb.ListContactsResponse:
+        page = contacts.list_contacts(self.engine, user_id, request.page_size, request.page_token)
+        return _page(page["items"], page["next_cursor"], pb.ListContactsResponse(), "contacts")
+
+    @resource_rpc
+    def UpdateContact(self, request: pb.UpdateContactRequest, user_id: str) -> pb.Contact:
+        given = _values(request.contact)
+        changes = {path: given.get(path) for path in request.update_mask.paths}
+        return _message(contacts.update_contact(self.engine, user_id, request.contact_id, changes), pb.Contact())
+
+    @resource_rpc
+    def DeleteContact(self, request: pb.DeleteContactRequest, user_id: str) -> pb.DeleteContactResponse:
+        contacts.delete_contact(self.engine, user_id, request.contact_id)
+        return pb.DeleteContactResponse()
+
+    @resource_rpc
+    def ImportContacts(self, request: pb.ImportContactsRequest, user_id: str) -> pb.ImportContactsResponse:
+        return _message(imports.import_contacts(self.engine, user_id, request.csv), pb.ImportContactsResponse())
+
+    # ------------------------------------------------------------------------------------ sequences
+    @resource_rpc
+    def CreateSequence(self, request: pb.CreateSequenceRequest, user_id: str) -> pb.Sequence:
+        return _message(sequences.create_sequence(self.engine, user_id, _values(request)), pb.Sequence())
+
+    @resource_rpc
+    def GetSequence(self, request: pb.GetSequenceRequest, user_id: str) -> pb.Sequence:
+        return _message(sequences.get_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+
+    @resource_rpc
+    def ListSequences(self, request: pb.ListSequencesRequest, user_id: str) -> pb.ListSequencesResponse:
+        page = sequences.list_sequences(self.engine, user_id, request.page_size, request.page_token,
+                                        request.contact_id, request.status)
+        return _page(page["items"], page["next_cursor"], pb.ListSequencesResponse(), "sequences")
+
+    @resource_rpc
+    def SendSequence(self, request: pb.SendSequenceRequest, user_id: str) -> pb.Sequence:
+        send_at = _values(request).get("send_at")
+        return _message(sequences.send_sequence(self.engine, user_id, request.sequence_id, send_at), pb.Sequence())
+
+    @resource_rpc
+    def PauseSequence(self, request: pb.PauseSequenceRequest, user_id: str) -> pb.Sequence:
+        return _message(sequences.pause_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+
+    @resource_rpc
+    def ResumeSequence(self, request: pb.ResumeSequenceRequest, user_id: str) -> pb.Sequence:
+        return _message(sequences.resume_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+
+    @resource_rpc
+    def CancelSequence(self, request: pb.CancelSequenceRequest, user_id: str) -> pb.Sequence:
+        return _message(sequences.cancel_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+
+    # ------------------------------------------------------------------------- export and the fence
+    def ExportData(self, request: export_pb2.ExportRequest,
+                   context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
+        for section, record in export.export_records(self.engine, current_user()):
+            yield export_pb2.ExportRecord(section=section, json=json.dumps(record, ensure_ascii=False))
+
+    def FenceUser(self, request: pb.FenceUserRequest, context: grpc.ServicerContext) -> pb.FenceUserResponse:
         try:
             fence.fence(self.engine, self.tombstone_key, current_user())
         except DBAPIError as exc:
             log.error("database error", extra={"operation": "FenceUser", "error": type(exc.orig).__name__})
             context.abort(grpc.StatusCode.UNAVAILABLE, "storage unavailable")
-        return mailer_pb2.FenceUserResponse()
+        return pb.FenceUserResponse()
 
     def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
         return export_pb2.PingResponse()
-
-    def Call(self, request: mailer_pb2.ApiRequest, context: grpc.ServicerContext) -> mailer_pb2.ApiResponse:
-        operation = OPERATIONS.get(request.operation)
-        if operation is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown operation")
-        user_id = current_user()
-        try:
-            if fence.is_fenced(self.engine, self.tombstone_key, user_id):
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, fence.ACCOUNT_DELETED)
-            status, body = operation(self.engine, user_id, dict(request.params), dict(request.query),
-                                     bytes(request.body))
-        except ApiError as exc:
-            return _response(exc.status, exc.problem())
-        except DBAPIError as exc:
-            log.error("database error", extra={"operation": request.operation, "error": type(exc.orig).__name__})
-            context.abort(grpc.StatusCode.UNAVAILABLE, "storage unavailable")
-        return _response(status, body)
-
-    def ExportData(self, request: export_pb2.ExportRequest,
-                   context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
-        for section, record in services.export_records(self.engine, current_user()):
-            yield export_pb2.ExportRecord(section=section, json=json.dumps(record, ensure_ascii=False))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection
 
-from coffeeping.common.messaging.consumer import Handler
+from coffeeping.common.messaging import Event, Handler
+from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_vault.services import Vault
 
 
 def make_handler(vault: Vault) -> Handler:
-    def handle(conn: Connection, event: dict[str, Any]) -> None:
-        if event["type"] == "account.revoke_requested":
-            vault.purge_for_deletion(conn, event)
+    def handle(conn: Connection, event: Event) -> None:
+        if isinstance(event.message, ev.AccountRevokeRequested):
+            vault.purge_for_deletion(conn, event.user_id, event.message)
 
     return handle

@@ -1,6 +1,6 @@
 """What the token vault stores (schema ``vault``; DDL in ``migrations/``).
 
-Every table of the schema, as the migrations leave it (``tests/platform/test_models_match_migrations.py``
+Every table of the schema, as the migrations leave it (``tests/integration/platform/test_models_match_migrations.py``
 keeps the two equal). Check constraints, row-level-security policies and the ``notify_grant_changed``
 trigger live in the migrations only.
 """

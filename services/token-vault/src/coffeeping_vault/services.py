@@ -23,6 +23,7 @@ from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import CONSENT_SCOPES, SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL
 from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury, is_buried, subject
+from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_vault import crypto
 from coffeeping_vault.audit import AuditWriter, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
@@ -373,7 +374,7 @@ class Vault:
                     access_expires_at=expires_at, connected_at=now, updated_at=now))
                 detail = "new grant"
             _audit(conn, user_id, caller, "grant_stored", "ok", detail)
-            publish_in_tx(conn, SCHEMA, "gmail.connected", user_id, {"email": info.email})
+            publish_in_tx(conn, SCHEMA, user_id, ev.GmailConnected(email=info.email))
             row = conn.execute(select(grants).where(grants.c.user_id == user_id)).one()
         self.cache.invalidate(user_id)
         log.info("grant stored", extra={"detail": detail})
@@ -569,7 +570,7 @@ class Vault:
         conn.execute(update(grants).where(grants.c.user_id == user_id).values(
             status="needs_reconnect", access_ct=None, access_expires_at=None, updated_at=_now()))
         _audit(conn, user_id, caller, "token_refreshed", "needs_reconnect", why)
-        publish_in_tx(conn, SCHEMA, "gmail.disconnected", user_id, {"reason": "needs_reconnect"})
+        publish_in_tx(conn, SCHEMA, user_id, ev.GmailDisconnected(reason="needs_reconnect"))
         log.info("grant needs reconnecting", extra={"reason": why})
         return NeedsReconnect()
 
@@ -597,7 +598,7 @@ class Vault:
                 return True
             self._record_and_delete(conn, user_id, caller, str(row.grant_id), fresh, reason)
             if reason == "user_disconnected":
-                publish_in_tx(conn, SCHEMA, "gmail.disconnected", user_id, {"reason": "user_disconnected"})
+                publish_in_tx(conn, SCHEMA, user_id, ev.GmailDisconnected(reason="user_disconnected"))
         self.cache.invalidate(user_id)
         return True
 
@@ -621,7 +622,7 @@ class Vault:
         log.info("grant revoked", extra={"already_revoked": not fresh})
 
     # -- account deletion -----------------------------------------------------------------------------
-    def purge_for_deletion(self, conn: Connection, event: dict) -> None:
+    def purge_for_deletion(self, conn: Connection, user_id: str, request: ev.AccountRevokeRequested) -> None:
         """``account.revoke_requested``: bury the user and queue the revocation of their grant.
 
         Runs inside the consumer's transaction and calls nobody: the revocation worker (``revocations``)
@@ -630,8 +631,7 @@ class Vault:
         the request to the dead letters. Idempotent: a redelivery after the purge queues a revocation
         that finds no grant, and the worker reports ``account.purged`` again.
         """
-        user_id = event["user_id"]
-        deletion_id = str(event.get("payload", {}).get("deletion_id", ""))
+        deletion_id = request.deletion_id
         # The grant lock orders this with a connection being stored: that either committed first (its
         # grant is what the worker revokes) or finds the tombstone once it holds the lock.
         _lock_user(conn, user_id)
@@ -676,7 +676,7 @@ class Vault:
             return False
         self._purge_rows(conn, user_id)
         conn.execute(delete(revocations).where(revocations.c.user_id == user_id))
-        publish_in_tx(conn, SCHEMA, "account.purged", user_id, {"deletion_id": deletion_id, "service": "token-vault"})
+        publish_in_tx(conn, SCHEMA, user_id, ev.AccountPurged(deletion_id=deletion_id, service="token-vault"))
         log.info("vault purged for deletion", extra={"deletion_id": deletion_id})
         return True
 

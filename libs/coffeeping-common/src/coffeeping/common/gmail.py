@@ -1,4 +1,4 @@
-"""Gmail clients for the services that talk to Gmail (mailer, reply watcher).
+"""Gmail clients for the services that talk to Gmail (mailer, reply watcher): ``GmailClients``.
 
 Access tokens come from the token vault over gRPC: a service never holds a refresh token. The
 google-api-python-client is built from the discovery document that ships with it (offline), pointed
@@ -15,8 +15,10 @@ import datetime as dt
 import email.utils
 import json
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -145,27 +147,138 @@ def discovery_document() -> dict[str, Any]:
     return document
 
 
-_discovery_document = discovery_document  # the earlier private name, still imported by some callers
+class _Users:
+    """A ``users`` resource whose sub-resources (``drafts()``, ``threads()``, ...) are built once: the
+    client builds every method of a resource anew on each ``users.drafts()``, which costs more CPU than
+    the rest of a call. Per thread, like the resource itself."""
+
+    def __init__(self, users: Any) -> None:
+        self._users = users
+        self._built: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._users, name)
+        if name not in ("drafts", "messages", "threads", "history"):
+            return attr
+
+        def sub() -> Any:
+            built = self._built.get(name)
+            if built is None:
+                built = self._built[name] = attr()
+            return built
+
+        return sub
 
 
-def gmail_client(endpoint: str, tokens: VaultTokenSource, user_id: str, timeout_s: float = 30.0,
-                 scopes: Iterable[str] = ()) -> Any:
-    """A Gmail API client for one user, its tokens holding ``scopes`` only (default: the whole grant).
+class _Authorised:
+    """One thread's authorised HTTP objects per (user, scope set), least recently used first."""
 
-    Not thread-safe: build one per thread or task.
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[str, tuple[str, ...]], Any] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class UserGmail:
+    """One user's Gmail on the calling thread: build requests on ``users``, run them with ``execute``
+    (or ``request.execute(http=http, ...)``). Belongs to the thread that got it."""
+
+    users: Any
+    http: Any = field(repr=False)
+
+    def execute(self, request: Any, num_retries: int = 0) -> Any:
+        """Run ``request`` as this user. No retries unless asked: retrying is the caller's decision."""
+        return request.execute(http=self.http, num_retries=num_retries)
+
+
+class GmailClients:
+    """Gmail API clients for every user of a service; thread safe.
+
+    Building a client from the discovery document costs tens of milliseconds of CPU, so each thread
+    builds one (pointed at ``endpoint``) and keeps its ``users`` resource. Each thread also keeps one HTTP
+    connection pool (``timeout_s``), shared by every user: one keep-alive connection to Gmail whatever the
+    number of users. Requests run on a per-(user, scope set) authorised wrapper around that pool whose
+    credentials take their token from ``tokens`` and fetch a fresh one from the vault when it expires or
+    Gmail answers 401; each thread keeps at most ``cache_size`` of them (least recently used dropped).
+
+    Getting a wrapper that is not cached asks the vault for a token: ``NeedsReconnect``,
+    ``VaultUnavailable`` or ``ScopesRefused`` may be raised by ``http``/``for_user``, and by a request's
+    execution when its token is refreshed.
     """
-    wanted = tuple(scopes)
-    token = tokens.get(user_id, scopes=wanted)
 
-    def refresh(_request: Any, _scopes: Any) -> tuple[str, dt.datetime]:
-        fresh = tokens.get(user_id, force=True, scopes=wanted)
-        return fresh.token, fresh.expires_at.replace(tzinfo=None)
+    def __init__(self, endpoint: str, tokens: VaultTokenSource, timeout_s: float = 30.0,
+                 cache_size: int = 256) -> None:
+        self.endpoint = endpoint
+        self.tokens = tokens
+        self.timeout_s = timeout_s
+        self.cache_size = cache_size
+        self._local = threading.local()
+        # Every live thread's wrappers, so that ``forget`` reaches them all (a thread's go with it).
+        self._lock = threading.Lock()
+        self._caches: weakref.WeakSet[_Authorised] = weakref.WeakSet()
+        self._forgets = 0  # a wrapper built while a forget ran is used once, never cached
 
-    credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
-                              refresh_handler=refresh)
-    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout_s))
-    return build_from_document(
-        discovery_document(),
-        http=http,
-        client_options={"api_endpoint": endpoint},
-    )
+    def users(self) -> Any:
+        """The calling thread's ``users`` resource (its requests must run on a user's ``http``)."""
+        users = getattr(self._local, "users", None)
+        if users is None:
+            service = build_from_document(discovery_document(), http=self._transport(),
+                                          client_options={"api_endpoint": self.endpoint})
+            users = self._local.users = _Users(service.users())
+        return users
+
+    def _transport(self) -> httplib2.Http:
+        transport: httplib2.Http | None = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._local.transport = httplib2.Http(timeout=self.timeout_s)
+        return transport
+
+    def _cache(self) -> OrderedDict[tuple[str, tuple[str, ...]], Any]:
+        held: _Authorised | None = getattr(self._local, "authorised", None)
+        if held is None:
+            held = self._local.authorised = _Authorised()
+            with self._lock:
+                self._caches.add(held)
+        return held.entries
+
+    def http(self, user_id: str, scopes: Iterable[str] = ()) -> Any:
+        """The calling thread's authorised HTTP object for the user, its tokens holding ``scopes`` only
+        (``()``: the whole grant)."""
+        wanted = tuple(sorted(set(scopes)))
+        key = (user_id, wanted)
+        cache = self._cache()
+        with self._lock:
+            http = cache.get(key)
+            if http is not None:
+                cache.move_to_end(key)
+                return http
+            forgets = self._forgets
+        token = self.tokens.get(user_id, scopes=wanted)
+
+        def refresh(_request: Any, _asked: Any) -> tuple[str, dt.datetime]:
+            # google-auth passes its own idea of the scopes (None here): refresh the same scope set.
+            fresh = self.tokens.get(user_id, force=True, scopes=wanted)
+            return fresh.token, fresh.expires_at.replace(tzinfo=None)
+
+        credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
+                                  refresh_handler=refresh)
+        http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport())
+        with self._lock:
+            if forgets == self._forgets:
+                cache[key] = http
+                if len(cache) > self.cache_size:
+                    cache.popitem(last=False)
+        return http
+
+    def for_user(self, user_id: str, scopes: Iterable[str] = ()) -> UserGmail:
+        """The user's Gmail on the calling thread, its tokens holding ``scopes`` only (``()``: the whole
+        grant)."""
+        return UserGmail(self.users(), self.http(user_id, scopes))
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's authorised HTTP objects on every thread, and the user's cached tokens."""
+        self.tokens.forget(user_id)  # first: a wrapper built from a token it held is then never kept
+        with self._lock:
+            self._forgets += 1
+            for held in list(self._caches):
+                for key in [k for k in held.entries if k[0] == user_id]:
+                    del held.entries[key]

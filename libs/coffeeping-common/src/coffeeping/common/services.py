@@ -25,7 +25,7 @@ class Service:
 ACCOUNTS = Service("accounts", "coffeeping_accounts", 50051, "accounts")
 VAULT = Service("token-vault", "coffeeping_vault", 50052, "vault")
 MAILER = Service("mailer", "coffeeping_mailer", 50053, "mailer")
-WATCHER = Service("reply-watcher", "coffeeping_watcher", 50054, "watcher")
+WATCHER = Service("reply-watcher", "coffeeping_reply_watcher", 50054, "watcher")
 GATEWAY = Service("auth-gateway", "coffeeping_gateway", 8080, None)
 
 # In start-up order: the gateway last, once the services it calls answer.

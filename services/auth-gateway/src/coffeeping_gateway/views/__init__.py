@@ -1,5 +1,6 @@
 """The public API, one blueprint per area. Each module exposes ``bp`` and ``PATHS`` (its OpenAPI
-path items), so the published document is assembled from the code that serves it."""
+path items), so the published document is assembled from the code that serves it; the schemas are the
+models of ``coffeeping_gateway.schemas``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from flask import Blueprint
 
+from coffeeping_gateway.api import components
+from coffeeping_gateway.schemas import MODELS
 from coffeeping_gateway.views import account, gmail, me, outreach, push, system
 
 MODULES = (system, me, gmail, outreach, account, push)
@@ -25,7 +28,4 @@ def paths() -> dict[str, Any]:
 
 
 def schemas() -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for module in MODULES:
-        merged.update(getattr(module, "SCHEMAS", {}))
-    return merged
+    return components(MODELS)

@@ -11,27 +11,28 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 from svix.webhooks import Webhook, WebhookVerificationError
 
 from coffeeping.accounts.v1 import accounts_pb2
+from coffeeping_gateway.api import content, from_message, parse, respond
 from coffeeping_gateway.problems import Problem
+from coffeeping_gateway.schemas import CONFIRMATION, DeleteAccountInput, DeletionAccepted, DeletionStatus, Export
 from coffeeping_gateway.web import (
     DELETION_STATUS_PATH,
     call,
     clients,
     public,
     rate_limited,
+    rpc,
     rpc_problem,
     settings,
-    user_id,
 )
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("account", __name__)
 
-CONFIRMATION = "delete my account"
 STATUS_PATH = DELETION_STATUS_PATH
 EXPORT_TIMEOUT_S = 600
 MAX_WEBHOOK_BYTES = 256 * 1024
@@ -39,26 +40,8 @@ _USER_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _SVIX_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 
 
-def _stamp(ts: Any) -> str | None:
-    if not ts.seconds and not ts.nanos:
-        return None
-    return ts.ToDatetime().replace(microsecond=0).isoformat() + "Z"
-
-
-def _status_body(status: accounts_pb2.DeletionStatus) -> dict[str, Any]:
-    return {
-        "deletion_id": status.deletion_id,
-        "state": status.state,
-        "requested_at": _stamp(status.requested_at),
-        "completed_at": _stamp(status.completed_at),
-        "steps": [
-            {"service": s.service, "step": s.step, "state": s.state, "attempts": s.attempts,
-             "updated_at": _stamp(s.updated_at), **({"error": s.error} if s.error else {}),
-             **({"note": s.note} if s.note else {})}
-            for s in status.steps
-        ],
-        "links": {"status": STATUS_PATH},
-    }
+def _status(status: accounts_pb2.DeletionStatus) -> DeletionStatus:
+    return from_message(DeletionStatus, status, links={"status": STATUS_PATH})
 
 
 # -- export ----------------------------------------------------------------------------------------
@@ -70,9 +53,7 @@ def export() -> Response:
     fmt = request.args.get("format", "json")
     if fmt != "json":
         raise Problem(422, "unsupported export format", errors=[{"field": "format", "message": "must be json"}])
-    stream = clients().accounts.Export(
-        accounts_pb2.ExportRequest(format="json"), metadata=clients().metadata(user_id()), timeout=EXPORT_TIMEOUT_S
-    )
+    stream = rpc(clients().accounts.Export, accounts_pb2.ExportRequest(format="json"), timeout=EXPORT_TIMEOUT_S)
     # The first chunk is read before answering, so that a refusal (deletion in progress, a service
     # down) is still a problem document and not a broken download.
     try:
@@ -103,19 +84,18 @@ def export() -> Response:
 @bp.delete("/v1/account")
 @rate_limited(per_minute=10, burst=5)
 def delete_account() -> Response:
-    data = request.get_json(silent=True)
-    confirm = data.get("confirm") if isinstance(data, dict) else None
-    if confirm != CONFIRMATION:
+    try:
+        parse(DeleteAccountInput)
+    except Problem as problem:
         raise Problem(422, "to delete your account, confirm it",
-                      errors=[{"field": "confirm", "message": f'must be exactly "{CONFIRMATION}"'}])
+                      errors=[{"field": "confirm", "message": f'must be exactly "{CONFIRMATION}"'}]) from problem
     key = request.headers.get("Idempotency-Key", "")
     if len(key) > 200:
         raise Problem(422, "Idempotency-Key is too long",
                       errors=[{"field": "Idempotency-Key", "message": "at most 200 characters"}])
     status = call(clients().accounts.RequestDeletion,
                   accounts_pb2.RequestDeletionRequest(source="api", idempotency_key=key))
-    response = jsonify(_status_body(status))
-    response.status_code = 202
+    response = respond(_status(status), 202)
     response.headers["Location"] = STATUS_PATH
     return response
 
@@ -125,7 +105,7 @@ def deletion_status() -> Response:
     status = call(clients().accounts.GetDeletionStatus, accounts_pb2.GetDeletionStatusRequest())
     if status.state in ("", "none"):
         raise Problem(404, "no deletion of this account was requested")
-    return jsonify(_status_body(status))
+    return respond(_status(status))
 
 
 # -- Clerk webhook ----------------------------------------------------------------------------------
@@ -166,13 +146,13 @@ def clerk_webhook() -> Response:
                   accounts_pb2.RequestDeletionRequest(source="clerk_webhook", idempotency_key=f"svix:{svix_id}"),
                   user=subject)
     log.info("clerk user.deleted accepted", extra={"deletion_id": status.deletion_id})
-    return jsonify({"deletion_id": status.deletion_id, "state": status.state})
+    return respond(DeletionAccepted(deletion_id=status.deletion_id, state=status.state))
 
 
 # -- OpenAPI ------------------------------------------------------------------------------------------
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-_STATUS = {"application/json": {"schema": {"$ref": "#/components/schemas/DeletionStatus"}}}
+_STATUS = content(DeletionStatus)
 
 PATHS: dict[str, Any] = {
     "/v1/export": {
@@ -186,7 +166,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": {"description": "the export", "headers": {"Content-Disposition": {
                     "schema": {"type": "string"}, "description": 'attachment; filename="coffeeping-export.json"'}},
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Export"}}}},
+                        "content": content(Export)},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
                 "422": {"$ref": "#/components/responses/ValidationError"},
                 "429": {"description": "too many exports; try again later", "content": _PROBLEM},
@@ -196,9 +176,7 @@ PATHS: dict[str, Any] = {
     "/v1/account": {
         "delete": {
             "summary": "Delete your account and everything in it, and revoke CoffeePing's Google access",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["confirm"],
-                "properties": {"confirm": {"type": "string", "const": CONFIRMATION}}}}}},
+            "requestBody": {"required": True, "content": content(DeleteAccountInput)},
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "maxLength": 200}}],
             "responses": {
@@ -229,45 +207,14 @@ PATHS: dict[str, Any] = {
             "parameters": [{"name": n, "in": "header", "required": True, "schema": {"type": "string"}}
                            for n in ("svix-id", "svix-timestamp", "svix-signature")],
             "responses": {
-                "200": {"description": "user.deleted accepted (a replay changes nothing)"},
+                "200": {"description": "user.deleted accepted (a replay changes nothing)", "content": {
+                    "application/json": {"schema": {"type": "object", "required": ["deletion_id", "state"],
+                                                    "properties": {"deletion_id": {"type": "string"},
+                                                                   "state": {"type": "string"}}}}}},
                 "204": {"description": "another event type, acknowledged and ignored"},
                 "400": {"description": "bad signature, stale timestamp or malformed event", "content": _PROBLEM},
+                "413": {"description": "the body is larger than 256 KiB", "content": _PROBLEM},
             },
         }
-    },
-}
-
-SCHEMAS: dict[str, Any] = {
-    "DeletionStatus": {
-        "type": "object",
-        "required": ["deletion_id", "state", "requested_at", "steps"],
-        "properties": {
-            "deletion_id": {"type": "string", "format": "uuid"},
-            "state": {"type": "string", "enum": ["in_progress", "completed", "failed"]},
-            "requested_at": {"type": "string", "format": "date-time"},
-            "completed_at": {"type": ["string", "null"], "format": "date-time"},
-            "steps": {"type": "array", "items": {"type": "object", "properties": {
-                "service": {"type": "string"}, "step": {"type": "string"},
-                "state": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
-                "attempts": {"type": "integer"}, "updated_at": {"type": "string", "format": "date-time"},
-                "error": {"type": "string"},
-                "note": {"type": "string", "description": "what a done step could not do, e.g. Gmail drafts "
-                         "that could not be removed"}}}},
-            "links": {"type": "object", "properties": {"status": {"type": "string"}}},
-        },
-    },
-    "Export": {
-        "type": "object",
-        "required": ["schema_version", "exported_at", "user_id", "sections", "complete"],
-        "properties": {
-            "schema_version": {"type": "integer", "const": 1},
-            "exported_at": {"type": "string", "format": "date-time"},
-            "user_id": {"type": "string"},
-            "about": {"type": "string"},
-            "sections": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                "description": {"type": "string"}, "source": {"type": "string"},
-                "records": {"type": "array", "items": {"type": "object"}}}}},
-            "complete": {"type": "boolean"},
-        },
     },
 }

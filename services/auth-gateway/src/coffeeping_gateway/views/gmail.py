@@ -17,14 +17,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import grpc
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, current_app, redirect, request
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coffeeping.accounts.v1 import accounts_pb2
 from coffeeping.common.gmail import CONSENT_SCOPES
 from coffeeping.vault.v1 import vault_pb2
+from coffeeping_gateway.api import content, respond
 from coffeeping_gateway.oauth_state import COOKIE_NAME, COOKIE_PATH, STATE_TTL_S, InvalidState, StateSigner
-from coffeeping_gateway.web import call, clients, rate_limited, settings, user_id
+from coffeeping_gateway.schemas import GmailConnect
+from coffeeping_gateway.web import call, clients, rate_limited, rpc, settings, user_id
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def connect() -> Any:
     if not info.has_refresh_token:
         # Google returns a refresh token again only when asked to show the consent screen.
         params["prompt"] = "consent"
-    response = jsonify({"authorization_url": settings().google_auth_url + "?" + urlencode(params)})
+    response = respond(GmailConnect(authorization_url=settings().google_auth_url + "?" + urlencode(params)))
     response.set_cookie(COOKIE_NAME, pending.cookie, max_age=STATE_TTL_S, path=COOKIE_PATH, secure=True,
                         httponly=True, samesite="Lax")
     return response
@@ -97,10 +99,8 @@ def callback() -> Response:
     expires = Timestamp()
     expires.FromDatetime(dt.datetime.fromtimestamp(verified.expires_at, dt.UTC))
     try:
-        fresh = clients().vault.ConsumeStateNonce(
-            vault_pb2.ConsumeStateNonceRequest(nonce=verified.nonce, expires_at=expires),
-            metadata=clients().metadata(user_id()), timeout=settings().rpc_timeout_s,
-        ).fresh
+        fresh = rpc(clients().vault.ConsumeStateNonce,
+                    vault_pb2.ConsumeStateNonceRequest(nonce=verified.nonce, expires_at=expires)).fresh
     except grpc.RpcError as exc:
         return _refuse("temporarily_unavailable", f"nonce check: {exc.code().name}")
     if not fresh:
@@ -112,11 +112,9 @@ def callback() -> Response:
     if not code:
         return _refuse("missing_code", "no code")
     try:
-        clients().vault.CompleteConnection(
+        rpc(clients().vault.CompleteConnection,
             vault_pb2.CompleteConnectionRequest(code=code, code_verifier=verified.code_verifier,
-                                                redirect_uri=settings().google_redirect_uri),
-            metadata=clients().metadata(user_id()), timeout=settings().rpc_timeout_s,
-        )
+                                                redirect_uri=settings().google_redirect_uri))
     except grpc.RpcError as exc:
         status, details = exc.code(), exc.details() or ""
         if status == grpc.StatusCode.FAILED_PRECONDITION and known_vault_reason(details):
@@ -134,6 +132,7 @@ def disconnect() -> Response:
     return Response(status=204)
 
 
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _REDIRECT = {
     "description": "to APP_URL with `?gmail=connected` or `?gmail=error&reason=...` (invalid_state, "
     "access_denied, authorization_failed, missing_code, missing_scope:<names>, excess_scope:<names> (Google "
@@ -150,10 +149,9 @@ PATHS: dict[str, Any] = {
             "the callback must come back with it. Asks for exactly gmail.send, gmail.compose, gmail.metadata and "
             "userinfo.email with offline access; a consent granting fewer or more is refused.",
             "responses": {
-                "200": {"description": "where to send the browser", "content": {"application/json": {"schema": {
-                    "$ref": "#/components/schemas/GmailConnect"}}}},
+                "200": {"description": "where to send the browser", "content": content(GmailConnect)},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
-                "429": {"description": "too many attempts"},
+                "429": {"description": "too many attempts", "content": _PROBLEM},
             },
         }
     },
@@ -174,16 +172,9 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "204": {"description": "disconnected (also when nothing was connected)"},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
-                "503": {"description": "Google or the vault is unavailable; nothing was deleted, try again"},
+                "503": {"description": "Google or the vault is unavailable; nothing was deleted, try again",
+                        "content": _PROBLEM},
             },
         }
     },
-}
-
-SCHEMAS: dict[str, Any] = {
-    "GmailConnect": {
-        "type": "object",
-        "required": ["authorization_url"],
-        "properties": {"authorization_url": {"type": "string", "format": "uri"}},
-    }
 }

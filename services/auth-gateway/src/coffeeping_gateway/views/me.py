@@ -2,41 +2,34 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-import grpc
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response
 
 from coffeeping.accounts.v1 import accounts_pb2
 from coffeeping.vault.v1 import vault_pb2
-from coffeeping_gateway.web import clients, rpc_problem, settings, user_id
+from coffeeping_gateway.api import content, respond
+from coffeeping_gateway.schemas import GmailConnection, Me
+from coffeeping_gateway.web import call, clients
 
 bp = Blueprint("me", __name__)
 
 
-def gmail_summary(info: vault_pb2.GrantInfo) -> dict[str, Any]:
+def gmail_connection(info: vault_pb2.GrantInfo) -> GmailConnection:
     if not info.connected:
-        return {"connected": False}
-    return {"connected": True, "email": info.email, "scopes": list(info.scopes), "status": info.status}
+        return GmailConnection(connected=False)
+    return GmailConnection(connected=True, email=info.email, scopes=list(info.scopes), status=info.status)
 
 
 @bp.get("/v1/me")
-def me() -> Any:
+def me() -> Response:
     # Blocking calls, one after the other: grpc's ``.future()`` starts a polling thread per call in
     # a process without one, which costs more than the second round trip it would save.
-    metadata, timeout = clients().metadata(user_id()), settings().rpc_timeout_s
-    try:
-        user = clients().accounts.GetMe(accounts_pb2.GetMeRequest(), metadata=metadata, timeout=timeout)
-        grant = clients().vault.GetGrantInfo(vault_pb2.GetGrantInfoRequest(), metadata=metadata, timeout=timeout)
-    except grpc.RpcError as exc:
-        raise rpc_problem(exc) from None
-    return jsonify(
-        {
-            "user_id": user.user_id,
-            "created_at": user.created_at.ToDatetime().replace(microsecond=0).isoformat() + "Z",
-            "gmail": gmail_summary(grant),
-        }
-    )
+    user = call(clients().accounts.GetMe, accounts_pb2.GetMeRequest())
+    grant = call(clients().vault.GetGrantInfo, vault_pb2.GetGrantInfoRequest())
+    created_at = user.created_at.ToDatetime(dt.UTC).replace(microsecond=0)
+    return respond(Me(user_id=user.user_id, created_at=created_at, gmail=gmail_connection(grant)))
 
 
 PATHS: dict[str, Any] = {
@@ -44,31 +37,9 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The signed-in user (created on first sight) and their Gmail connection",
             "responses": {
-                "200": {"description": "the user", "content": {"application/json": {"schema": {
-                    "$ref": "#/components/schemas/Me"}}}},
+                "200": {"description": "the user", "content": content(Me)},
                 "401": {"$ref": "#/components/responses/Unauthorized"},
             },
         }
-    }
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Me": {
-        "type": "object",
-        "required": ["user_id", "created_at", "gmail"],
-        "properties": {
-            "user_id": {"type": "string"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "gmail": {
-                "type": "object",
-                "required": ["connected"],
-                "properties": {
-                    "connected": {"type": "boolean"},
-                    "email": {"type": "string"},
-                    "scopes": {"type": "array", "items": {"type": "string"}},
-                    "status": {"type": "string", "enum": ["connected", "needs_reconnect"]},
-                },
-            },
-        },
     }
 }

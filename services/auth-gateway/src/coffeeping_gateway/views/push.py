@@ -66,6 +66,8 @@ def gmail_push() -> Any:
     return Response(status=204)
 
 
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
 PATHS: dict[str, Any] = {
     "/v1/webhooks/gmail": {
         "post": {
@@ -82,9 +84,9 @@ PATHS: dict[str, Any] = {
                                                           "messageId": {"type": "string"}}},
                                "subscription": {"type": "string"}}}}}},
             "responses": {"204": {"description": "accepted"},
-                          "400": {"description": "not a Gmail notification"},
-                          "403": {"description": "wrong verification token"},
-                          "404": {"description": "push notifications are not configured"}},
+                          "400": {"description": "not a Gmail notification", "content": _PROBLEM},
+                          "403": {"description": "wrong verification token", "content": _PROBLEM},
+                          "404": {"description": "push notifications are not configured", "content": _PROBLEM}},
         }
     }
 }

@@ -9,6 +9,8 @@ import grpc
 from flask import Blueprint, Response, jsonify
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coffeeping_gateway.api import content, respond
+from coffeeping_gateway.schemas import Health
 from coffeeping_gateway.web import clients, public
 
 bp = Blueprint("system", __name__)
@@ -30,9 +32,7 @@ def healthz() -> Any:
         except grpc.RpcError:
             states[name] = "down"
     healthy = all(state == "ok" for state in states.values())
-    response = jsonify({"status": "ok" if healthy else "unavailable", "dependencies": states})
-    response.status_code = 200 if healthy else 503
-    return response
+    return respond(Health(status="ok" if healthy else "unavailable", dependencies=states), 200 if healthy else 503)
 
 
 @bp.get("/openapi.json")
@@ -56,11 +56,16 @@ def security_txt() -> Response:
     return Response(body, mimetype="text/plain")
 
 
+_HEALTH = content(Health)
+
 PATHS: dict[str, Any] = {
     "/healthz": {"get": {"summary": "Health of the API and the services it needs", "security": [],
-                         "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
+                         "responses": {"200": {"description": "healthy", "content": _HEALTH},
+                                       "503": {"description": "degraded", "content": _HEALTH}}}},
     "/openapi.json": {"get": {"summary": "This document", "security": [],
-                              "responses": {"200": {"description": "OpenAPI 3.1 document"}}}},
+                              "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {
+                                  "application/json": {"schema": {"type": "object"}}}}}}},
     "/.well-known/security.txt": {"get": {"summary": "Vulnerability reporting (RFC 9116)", "security": [],
-                                          "responses": {"200": {"description": "security.txt"}}}},
+                                          "responses": {"200": {"description": "security.txt", "content": {
+                                              "text/plain": {"schema": {"type": "string"}}}}}}},
 }

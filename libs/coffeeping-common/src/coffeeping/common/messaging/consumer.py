@@ -1,10 +1,11 @@
 """Consumer: one database transaction per event, deduplicated by event id, ack after commit.
 
-For each delivery the consumer opens ``user_tx(engine, event["user_id"], system=True)``, inserts the
+For each delivery the consumer parses the envelope and its payload as the registry's message for the
+event's type (``parse_event``), opens ``user_tx(engine, event.user_id, system=True)``, inserts the
 event id into ``<schema>.inbox`` (``ON CONFLICT DO NOTHING``) and, only if the id is new, calls
-``handler(conn, event)`` in the same transaction. The message is acked after the commit, so a crash at
-any point either redelivers the event (nothing committed) or redelivers a duplicate that the inbox
-absorbs (committed, not yet acked).
+``handler(conn, event)`` in the same transaction (``event.message`` is the typed payload). The message
+is acked after the commit, so a crash at any point either redelivers the event (nothing committed) or
+redelivers a duplicate that the inbox absorbs (committed, not yet acked).
 
 Before any of that, two refusals. A message whose broker-verified sender (the AMQP ``user_id``
 property) is not a registered producer of its type, or whose payload names another service than its
@@ -16,7 +17,9 @@ idempotent and must be able to report again.
 A handler exception rolls back, waits ``min(retry_base * 2**n, retry_cap)`` seconds where ``n`` is the
 quorum queue's ``x-delivery-count`` header, and rejects with requeue; after the queue's
 ``x-delivery-limit`` the broker dead-letters the message to ``<prefix>.<service>.dead``. A malformed
-message (not JSON, no valid id / type / user_id) is dead-lettered at once. Losing the database
+message (not JSON, no valid id / type / user_id, a type the registry does not know, or a payload that
+is not the type's message: a field of the wrong type or a required field unset) is dead-lettered at
+once. Fields the consumer does not know (a newer producer's) are ignored. Losing the database
 connection is not the message's fault: the consumer keeps the delivery and retries it in-process until
 the database is back (so an outage does not dead-letter good messages).
 
@@ -34,9 +37,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from google.protobuf.message import Message
 from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Consumer as KombuConsumer
@@ -48,12 +53,27 @@ from ..db import InvalidUserId, user_tx, validate_user_id
 from ..logging import request_context
 from ..tombstones import is_buried
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
+from .payloads import InvalidPayload, decode_payload
 from .registry import SenderCheck, registered_producers
 from .topology import DEFAULT_DELIVERY_LIMIT, declare_topology
 
 log = logging.getLogger("coffeeping.messaging.consumer")
 
-Handler = Callable[[SAConnection, dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class Event:
+    """A delivered event: its envelope, and its payload parsed as the registry's message for ``type``
+    (handlers narrow it by class, ``match event.message: case SequenceStopped() as stopped: ...``)."""
+
+    id: str
+    type: str
+    user_id: str
+    message: Message = field(repr=False)  # never in a log line
+    occurred_at: str = ""
+    request_id: str | None = None
+
+
+Handler = Callable[[SAConnection, Event], None]
 
 # The deletion saga's own events (``account.*``) still reach a purged user's handlers, which are
 # idempotent: a retried or replayed purge must report again. Every other event for them is dropped.
@@ -66,8 +86,8 @@ class MalformedEvent(ValueError):
     pass
 
 
-def parse_event(body: bytes | str) -> dict[str, Any]:
-    """Decode and check an envelope; raise ``MalformedEvent`` (never echoing the content)."""
+def parse_envelope(body: bytes | str) -> dict[str, Any]:
+    """Decode and check an envelope, not its payload; raise ``MalformedEvent`` (never echoing the content)."""
     try:
         event = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -84,6 +104,27 @@ def parse_event(body: bytes | str) -> dict[str, Any]:
         raise MalformedEvent("payload is not an object")
     event.setdefault("payload", {})
     return event
+
+
+def parse_event(body: bytes | str) -> Event:
+    """Decode an envelope and its payload as the message registered for its type; raise
+    ``MalformedEvent`` (never echoing the content)."""
+    envelope = parse_envelope(body)
+    try:
+        message = decode_payload(envelope["type"], envelope["payload"])
+    except InvalidPayload as exc:
+        raise MalformedEvent(str(exc)) from None
+    request_id = envelope.get("request_id")
+    return Event(envelope["id"], envelope["type"], envelope["user_id"], message,
+                 str(envelope.get("occurred_at") or ""), str(request_id) if request_id else None)
+
+
+def _claimed_service(message: Message) -> str | None:
+    """The service a payload names as its reporter (``account.purged``), if its message has one."""
+    if "service" not in message.DESCRIPTOR.fields_by_name:
+        return None
+    claimed = getattr(message, "service", "")
+    return claimed if isinstance(claimed, str) and claimed else None
 
 
 def _is_connection_loss(exc: BaseException) -> bool:
@@ -148,19 +189,19 @@ class Consumer:
                 with suppress(Exception):  # the drain loop will notice a dead connection
                     self._conn.heartbeat_check()
 
-    def _apply(self, event: dict[str, Any]) -> str:
+    def _apply(self, event: Event) -> str:
         """Run dedupe + handler in one transaction: ``handled``, ``duplicate``, or ``dropped`` (the user
         was purged here; nothing is written, not even the dedupe record that would name them)."""
-        with user_tx(self.engine, event["user_id"], system=True) as conn:
-            if (self.tombstone_key is not None and not event["type"].startswith(SAGA_PREFIX)
-                    and is_buried(conn, self.schema, self.tombstone_key, event["user_id"])):
+        with user_tx(self.engine, event.user_id, system=True) as conn:
+            if (self.tombstone_key is not None and not event.type.startswith(SAGA_PREFIX)
+                    and is_buried(conn, self.schema, self.tombstone_key, event.user_id)):
                 return "dropped"
             fresh = conn.execute(
                 text(
                     f"INSERT INTO {self.schema}.inbox (event_id, user_id) VALUES (CAST(:id AS uuid), :u) "
                     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
                 ),
-                {"id": event["id"], "u": event["user_id"]},
+                {"id": event.id, "u": event.user_id},
             ).first()
             if fresh is None:
                 return "duplicate"
@@ -178,16 +219,15 @@ class Consumer:
             message.reject(requeue=False)
             return
         sender = message.properties.get("user_id")
-        claimed = event["payload"].get("service")
-        if not self.senders(event["type"], sender, claimed if isinstance(claimed, str) else None):
+        if not self.senders(event.type, sender, _claimed_service(event.message)):
             # RabbitMQ verified ``user_id`` against the publisher's login: a message another service
             # (or nobody) signed for this type is never acted on. Kept in the dead-letter queue.
             log.warning("message refused: not from a registered producer of its type",
-                        extra={"event_id": event["id"], "event_type": event["type"], "sender": str(sender or "")})
+                        extra={"event_id": event.id, "event_type": event.type, "sender": str(sender or "")})
             message.reject(requeue=False)
             return
-        request_id = event.get("request_id") or message.properties.get("correlation_id")
-        info = {"event_id": event["id"], "event_type": event["type"]}
+        request_id = event.request_id or message.properties.get("correlation_id")
+        info = {"event_id": event.id, "event_type": event.type}
         with request_context(str(request_id) if request_id else None):
             db_failures = 0
             while True:

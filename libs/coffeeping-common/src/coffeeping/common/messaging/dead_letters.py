@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from ..db import system_tx
 from ..tombstones import is_buried
 from ._names import dead_queue, service_queue
-from .consumer import MalformedEvent, parse_event
+from .consumer import MalformedEvent, parse_envelope
 
 log = logging.getLogger("coffeeping.messaging.dead_letters")
 
@@ -92,8 +92,9 @@ def forget_dead_letters(amqp_url: str, prefix: str, service: str, is_gone: Calla
     RabbitMQ cannot delete one message from the middle of a queue: every message present at the start
     is taken (unacknowledged, so none is taken twice), those of purged users are acked, and the others
     are rejected back into the queue unchanged (their verified ``user_id`` included, which a republish
-    could not keep). Messages that are not valid envelopes are kept for the operator. Returns how many
-    were dropped.
+    could not keep). Only the envelope is read: a message whose payload is not its type's message still
+    names its user and goes with them. Messages that are not valid envelopes are kept for the operator.
+    Returns how many were dropped.
     """
     dead = dead_queue(prefix, service)
     dropped = 0
@@ -107,7 +108,7 @@ def forget_dead_letters(amqp_url: str, prefix: str, service: str, is_gone: Calla
             if message is None:
                 break
             try:
-                user_id = parse_event(message.body)["user_id"]
+                user_id = parse_envelope(message.body)["user_id"]
             except MalformedEvent:
                 user_id = None
             if user_id is not None and is_gone(user_id):

@@ -1,12 +1,16 @@
 """Transactional outbox: events written with the change that caused them, relayed to RabbitMQ.
 
 ``publish_in_tx`` inserts the event envelope into ``<schema>.outbox`` inside the caller's transaction
-(and queues a ``NOTIFY <schema>_outbox`` that PostgreSQL delivers only if it commits). The
+(and queues a ``NOTIFY <schema>_outbox`` that PostgreSQL delivers only if it commits). It takes the
+event's message (``coffeeping.events.v1``): the routing key is the registry's for the message's class,
+and the payload is the message's JSON mapping (``payloads``). The
 ``OutboxRelay`` claims unpublished rows with ``FOR UPDATE SKIP LOCKED``, publishes each with publisher
 confirms and ``mandatory=True`` and marks it published after the broker's confirm. A message the broker
 returns as unroutable stays unpublished (``attempts`` is incremented and it is retried later with
 backoff). A crash after the confirm and before the commit publishes the row again: consumers
-deduplicate by event id.
+deduplicate by event id. The relay publishes the stored envelope as it is (``body jsonb``), so rows
+written before the payloads were messages are published unchanged: their payloads are the same JSON
+objects, and consumers parse them as the messages.
 
 Published rows are deleted as soon as the broker confirms them (``retention=timedelta(0)``, the
 default): an event may name a user, and a purged user must leave nothing behind. A positive
@@ -25,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from google.protobuf.message import Message
 from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.messaging import Producer
@@ -33,6 +38,7 @@ from sqlalchemy import Engine, text
 
 from ..db import rls_statements, system_tx, validate_user_id
 from ._names import check_event_type, check_name, check_schema, events_exchange, notify_channel
+from .payloads import encode_payload
 from .topology import declare_events_exchange
 
 log = logging.getLogger("coffeeping.messaging.outbox")
@@ -78,10 +84,10 @@ def outbox_drop_ddl(schema: str) -> list[str]:
     return [f"DROP TABLE IF EXISTS {s}.inbox", f"DROP TABLE IF EXISTS {s}.outbox"]
 
 
-def make_envelope(event_type: str, user_id: str, payload: dict[str, Any],
-                  request_id: str | None = None) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise TypeError("payload must be a dict")
+def make_envelope(user_id: str, message: Message, request_id: str | None = None) -> dict[str, Any]:
+    """The envelope of an event about ``user_id`` whose payload is ``message``, a registered event message
+    (``TypeError`` otherwise; ``ValueError`` when it leaves a required field unset)."""
+    event_type, payload = encode_payload(message)
     return {
         "id": str(uuid.uuid4()),
         "type": check_event_type(event_type),
@@ -95,12 +101,12 @@ def make_envelope(event_type: str, user_id: str, payload: dict[str, Any],
 def publish_in_tx(
     conn: SAConnection,
     schema: str,
-    event_type: str,
     user_id: str,
-    payload: dict[str, Any],
+    message: Message,
     request_id: str | None = None,
 ) -> str:
-    """Write an event into ``<schema>.outbox`` inside the caller's open transaction; return its id.
+    """Write the event ``message`` about ``user_id`` into ``<schema>.outbox`` inside the caller's open
+    transaction; return its id. Its routing key is the registry's for the message's class.
 
     Call it inside ``user_tx(engine, user_id, system=True)`` or ``system_tx(engine)``. Nothing is sent
     unless the transaction commits. ``request_id`` defaults to the logging context's request id.
@@ -108,7 +114,7 @@ def publish_in_tx(
     s = check_schema(schema)
     if not conn.in_transaction():
         raise RuntimeError("publish_in_tx needs an open transaction")
-    envelope = make_envelope(event_type, user_id, payload, request_id)
+    envelope = make_envelope(user_id, message, request_id)
     conn.execute(
         text(
             f"INSERT INTO {s}.outbox (id, user_id, routing_key, body) "

@@ -1,0 +1,122 @@
+"""Stand-ins and processes for the mailer, shared by its tests (tests/integration/mailer) and by the
+benchmarks here: a token vault double that answers ``GetAccessToken`` over mTLS with tokens the sandbox
+issued, and mailer processes started as in production.
+
+The vault double answers ``GetAccessToken`` with tokens the sandbox's OAuth server really issued for the
+user's Google account (and ``FAILED_PRECONDITION`` for a user marked as needing to reconnect), which
+is the vault's contract in ``protos/coffeeping/vault/v1/vault.proto``. The mailer cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
+from coffeeping_sandbox.server import Sandbox
+
+SCOPES = ["gmail.send", "gmail.compose", "gmail.metadata", "userinfo.email"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Vault(vault_pb2_grpc.TokenVaultServicer):
+    """``GetAccessToken`` over mTLS with tokens issued by the sandbox for each user's Google account."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.emails: dict[str, str] = {}
+        self.disconnected: set[str] = set()
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def connect(self, user_id: str, email: str) -> None:
+        with self._lock:
+            self.emails[user_id] = email
+            self.disconnected.discard(user_id)
+            self._forget(user_id)
+
+    def disconnect(self, user_id: str) -> None:
+        with self._lock:
+            self.disconnected.add(user_id)
+            self._forget(user_id)
+
+    def _forget(self, user_id: str) -> None:
+        for key in [k for k in self._tokens if k.split("|", 1)[0] == user_id]:
+            del self._tokens[key]
+
+    def GetAccessToken(self, request: Any, context: grpc.ServicerContext) -> Any:
+        names = context.auth_context().get("x509_common_name") or [b""]
+        if names[0].decode() not in ("mailer", "reply-watcher"):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
+        user = dict(context.invocation_metadata()).get("x-user-id", "")
+        # A request may name the scopes the token must carry (and only those), as the vault's contract says.
+        wanted = sorted({s.rsplit("/", 1)[-1] for s in getattr(request, "scopes", [])}) or SCOPES
+        if not set(wanted) <= set(SCOPES):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "scope_not_granted:" + ",".join(wanted))
+        with self._lock:
+            self.calls += 1
+            if user in self.disconnected or user not in self.emails:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs reconnect")
+            email = self.emails[user]
+            key = f"{user}|{','.join(wanted)}"
+            cached = self._tokens.get(key)
+            if cached is None or cached[1] < time.time() + 120:
+                issued = self.sandbox.oauth.issue_tokens(email=email, scopes=wanted, offline=False)
+                cached = (issued["access_token"], time.time() + int(issued["expires_in"]))
+                self._tokens[key] = cached
+        expires = Timestamp()
+        expires.FromDatetime(dt.datetime.fromtimestamp(cached[1], dt.UTC).replace(tzinfo=None))
+        return vault_pb2.AccessToken(access_token=cached[0], expires_at=expires, email=email,
+                                     scopes=[f"https://www.googleapis.com/auth/{s}" for s in wanted])
+
+
+class MailerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.port = int(env["GRPC_PORT"])
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MailerProcess:
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "coffeeping_mailer"], env=self.env, stdout=out,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailer exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("mailer did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()

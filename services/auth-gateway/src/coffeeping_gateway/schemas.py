@@ -1,0 +1,273 @@
+"""The public API's documents: every request and response body the gateway reads or writes.
+
+Field names of contacts and sequences are the mailer's protobuf JSON names
+(``protos/coffeeping/mailer/v1/mailer.proto``), so a document moves to and from a message without a
+mapping table. The models check shapes and types; the mailer checks meaning (addresses, time zones,
+durations, merge fields) and answers field violations that the gateway turns into the same 422 document.
+A field declared with :func:`omitted` is left out of the document when it has no value, rather than
+written as null.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AwareDatetime, ConfigDict, Field
+
+from coffeeping_gateway.api import Input, Output, Query
+
+Text = Annotated[str, Field(max_length=1000)]
+Body = Annotated[str, Field(max_length=20_000)]
+Id = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+# The longest IANA name is about 32 characters; the bound keeps a made-up name off the mailer's zone files.
+TimeZone = Annotated[str, Field(max_length=64)]
+
+StepStatus = Literal["scheduled", "sending", "sent", "cancelled", "failed"]
+SequenceStatus = Literal["draft", "scheduled", "active", "paused", "stopped", "completed"]
+# The mailer's models.STOP_REASONS; a test holds the two equal.
+StopReason = Literal["replied", "bounced", "cancelled", "user_took_over", "draft_deleted", "gmail_disconnected",
+                     "gmail_account_changed", "thread_deleted", "contact_deleted", "failed"]
+
+
+def omitted(**kwargs: Any) -> Any:
+    """A field left out of the serialised document while it is None."""
+    return Field(None, exclude_if=lambda value: value is None, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- problems
+class FieldError(Output):
+    field: str
+    message: str
+
+
+class Problem(Output):
+    """RFC 9457 problem details; every error the API answers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = omitted()
+    errors: list[FieldError] | None = omitted(description="one entry per invalid field")
+    existing_id: str | None = omitted(description="the resource that already exists (409)")
+    links: dict[str, str] | None = omitted(description="`status`: where to follow a deletion (410)")
+    retry_after: int | None = omitted(description="seconds to wait (429)")
+
+
+# --------------------------------------------------------------------------------- user and Gmail
+class GmailConnection(Output):
+    connected: bool
+    email: str | None = omitted()
+    scopes: list[str] | None = omitted()
+    status: Literal["connected", "needs_reconnect"] | None = omitted()
+
+
+class Me(Output):
+    user_id: str
+    created_at: dt.datetime
+    gmail: GmailConnection
+
+
+class GmailConnect(Output):
+    authorization_url: Annotated[str, Field(json_schema_extra={"format": "uri"})]
+
+
+# ----------------------------------------------------------------------------- export and deletion
+Confirmation = Literal["delete my account"]
+CONFIRMATION: str = get_args(Confirmation)[0]
+
+
+class DeleteAccountInput(Input):
+    confirm: Confirmation
+
+
+class DeletionStep(Output):
+    service: str
+    step: str
+    state: Literal["pending", "running", "done", "failed"]
+    attempts: int
+    updated_at: dt.datetime | None = None
+    error: str | None = omitted()
+    note: str | None = omitted(description="what a done step could not do, e.g. Gmail drafts that could not "
+                                            "be removed")
+
+
+class DeletionLinks(Output):
+    status: str
+
+
+class DeletionStatus(Output):
+    deletion_id: Id
+    state: Literal["in_progress", "completed", "failed"]
+    requested_at: dt.datetime
+    completed_at: dt.datetime | None = None
+    steps: list[DeletionStep]
+    links: DeletionLinks
+
+
+class DeletionAccepted(Output):
+    """The Clerk webhook's answer to ``user.deleted``."""
+
+    deletion_id: str
+    state: str
+
+
+class ExportSection(Output):
+    description: str | None = None
+    source: str | None = None
+    records: list[dict[str, Any]] = []
+
+
+class Export(Output):
+    """The export document (streamed; ends with ``"complete": true`` when whole)."""
+
+    schema_version: Literal[1]
+    exported_at: dt.datetime
+    user_id: str
+    about: str | None = omitted()
+    sections: dict[str, ExportSection]
+    complete: bool
+
+
+class Health(Output):
+    status: Literal["ok", "unavailable"]
+    dependencies: dict[str, Literal["ok", "down"]] = Field(
+        description="each service the API needs: accounts, vault, mailer, watcher")
+
+
+class PageQuery(Query):
+    limit: int = Field(50, ge=1, le=100)
+    cursor: str = Field("", max_length=512, pattern=r"^[A-Za-z0-9_-]*$", description="next_cursor of the last page")
+
+
+class SequenceQuery(PageQuery):
+    contact_id: str = Field("", max_length=64, description="only this contact's sequences")
+    status: str = Field("", max_length=32, description="only sequences in this status")
+
+
+# ------------------------------------------------------------------------------------------- contacts
+class ContactInput(Input):
+    """A contact's fields. Creating needs `email`; a change names only the fields it changes (null clears)."""
+
+    email: Annotated[str, Field(max_length=320, json_schema_extra={"format": "email"})] | None = None
+    name: Text | None = None
+    first_name: Text | None = None
+    last_name: Text | None = None
+    company: Text | None = None
+    role: Text | None = None
+    time_zone: TimeZone | None = Field(None, description="IANA name, e.g. Europe/Paris")
+    notes: Annotated[str, Field(max_length=5000)] | None = None
+
+
+class Contact(Output):
+    id: Id
+    email: str
+    name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    role: str | None = None
+    time_zone: str | None = None
+    notes: str | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ContactPage(Output):
+    items: list[Contact]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+
+
+class ImportLineError(Output):
+    line: int
+    reason: str
+
+
+class ImportResult(Output):
+    created: int = 0
+    duplicates: int = 0
+    errors: list[ImportLineError] = []
+
+
+# ------------------------------------------------------------------------------------------ sequences
+class SendWindow(Input):
+    start: str = Field(examples=["09:00"], description="HH:MM in the sequence's time zone")
+    end: str = Field(examples=["17:00"], description="HH:MM in the sequence's time zone")
+
+
+class FollowUpInput(Input):
+    """A follow-up in the same thread: `delay` after the previous email, or at `send_at`."""
+
+    body: Body
+    delay: str | None = Field(None, description="ISO 8601 duration, e.g. P3D, PT10S")
+    send_at: AwareDatetime | None = None
+
+
+class SequenceInput(Input):
+    contact_id: Id
+    subject: str = Field(max_length=250, description="merge fields {{first_name}}, {{name}}, {{company}}, {{role}}")
+    body: Body
+    follow_ups: list[FollowUpInput] = Field([], max_length=10)
+    business_days: bool = False
+    send_window: SendWindow | None = None
+    time_zone: TimeZone | None = Field(None, description="IANA name; the contact's, else UTC, when absent")
+
+
+class SendInput(Input):
+    send_at: AwareDatetime | None = Field(None, description="now when absent")
+
+
+class Step(Output):
+    id: Id
+    position: int
+    kind: Literal["first", "follow_up"]
+    body: str
+    sent_body: str | None = None
+    edited_in_gmail: bool = False
+    delay: str | None = None
+    send_at: dt.datetime | None = None
+    due_at: dt.datetime | None = None
+    status: StepStatus
+    cancel_reason: str | None = None
+    sent_at: dt.datetime | None = None
+    draft_id: str | None = None
+    gmail_message_id: str | None = None
+    thread_id: str | None = None
+    rfc_message_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class SendWindowOutput(Output):
+    start: str
+    end: str
+
+
+class Sequence(Output):
+    id: Id
+    contact_id: Id
+    subject: str
+    status: SequenceStatus
+    stop_reason: StopReason | None = None
+    stopped_at: dt.datetime | None = None
+    pause_reason: str | None = None
+    business_days: bool = False
+    send_window: SendWindowOutput | None = None
+    time_zone: str
+    to: str
+    thread_id: str | None = None
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    updated_at: dt.datetime
+    steps: list[Step]
+
+
+class SequencePage(Output):
+    items: list[Sequence]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+
+
+MODELS = (Problem, Me, GmailConnect, DeleteAccountInput, DeletionStatus, DeletionAccepted, Export, Health,
+          ContactInput, Contact, ContactPage, ImportResult, SequenceInput, SendInput, Sequence, SequencePage)

@@ -1,0 +1,46 @@
+"""Entry point: ``coffeeping-reply-watcher`` (or ``python -m coffeeping_reply_watcher``)."""
+
+from __future__ import annotations
+
+from coffeeping.common.config import load_or_exit
+from coffeeping.common.db import make_engine
+from coffeeping.common.gmail import VaultTokenSource
+from coffeeping.common.logging import configure_logging
+from coffeeping.common.rpc import channel, serve
+from coffeeping.common.runtime import messaging_workers, run_until_signalled
+from coffeeping.vault.v1 import vault_pb2_grpc
+from coffeeping.watcher.v1 import watcher_pb2_grpc
+from coffeeping_reply_watcher import SERVICE
+from coffeeping_reply_watcher.config import Settings
+from coffeeping_reply_watcher.consumers import make_handler
+from coffeeping_reply_watcher.poller import Poller
+from coffeeping_reply_watcher.servicer import POLICY, ReplyWatcherServicer
+from coffeeping_reply_watcher.services import SCHEMA
+
+
+def main() -> None:
+    settings = load_or_exit(Settings)
+    configure_logging(SERVICE, settings.log_level)
+    tls = settings.for_service(SERVICE)
+    # Poll workers, the consumer, the relay and gRPC calls each hold a connection at times.
+    engine = make_engine(settings.database_url, pool_size=settings.concurrency + 4, application_name=SERVICE)
+    tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
+    poller = Poller(engine, tokens, settings.gmail_api_endpoint, interval_s=settings.poll_interval_s,
+                    concurrency=settings.concurrency, takeover_grace_s=settings.takeover_grace_s,
+                    max_backoff_s=settings.max_backoff_s)
+    messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
+                                  make_handler(settings.tombstone_key, tokens, poller.wake.set))
+    server = serve(
+        SERVICE,
+        [(watcher_pb2_grpc.add_ReplyWatcherServicer_to_server, ReplyWatcherServicer(engine, poller.wake.set),
+          "coffeeping.watcher.v1.ReplyWatcher")],
+        POLICY,
+        settings.grpc_port,
+        tls,
+        grace=settings.shutdown_grace_s,
+    )
+    run_until_signalled(server, [*messaging, ("poller", poller.run)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The reply-watcher gRPC API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+from sqlalchemy import Engine
+
+from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
+from coffeeping.types.v1 import export_pb2
+from coffeeping.watcher.v1 import watcher_pb2, watcher_pb2_grpc
+from coffeeping_reply_watcher import services
+
+log = logging.getLogger(__name__)
+
+_SERVICE = "/coffeeping.watcher.v1.ReplyWatcher/"
+POLICY: dict[str, Allow] = {
+    # A Gmail push names only an address: the gateway calls without a user after checking the push token.
+    _SERVICE + "CheckMailbox": allow(GATEWAY, needs_user=False),
+    # The accounts service assembles the export and passes the user it exports.
+    _SERVICE + "ExportData": allow("accounts", user_from=["accounts"]),
+    _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
+}
+EXPORT_SECTION = "replies"
+
+
+class ReplyWatcherServicer(watcher_pb2_grpc.ReplyWatcherServicer):
+    def __init__(self, engine: Engine, wake: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.wake = wake
+
+    def CheckMailbox(self, request: watcher_pb2.CheckMailboxRequest,
+                     context: grpc.ServicerContext) -> watcher_pb2.CheckMailboxResponse:
+        if len(request.email) > 320 or len(request.history_id) > 32:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "email or history_id too long")
+        scheduled = services.schedule_check(self.engine, request.email)
+        if scheduled and self.wake:
+            self.wake()
+        log.info("mailbox check requested", extra={"scheduled": scheduled})
+        return watcher_pb2.CheckMailboxResponse(scheduled=scheduled)
+
+    def ExportData(self, request: export_pb2.ExportRequest,
+                   context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
+        for record in services.export_replies(self.engine, current_user()):
+            yield export_pb2.ExportRecord(section=EXPORT_SECTION, json=services.dumps(record))
+
+    def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
+        return export_pb2.PingResponse()
