@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,24 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from bootstrap_db import role_url  # noqa: E402
-from stack import Stack, StackConfig, remove_deployment  # noqa: E402
-
-
-def _token(config: StackConfig, user_id: str) -> str:
-    reply = requests.post(f"{config.clerk_url}/_sandbox/tokens", json={"user_id": user_id, "lifetime_s": 600},
-                          timeout=10)
-    reply.raise_for_status()
-    return str(reply.json()["token"])
-
-
-def _wait_healthy(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"gateway at {url} did not report healthy within {timeout:.0f}s")
+from stack import StackConfig  # noqa: E402
+from stack_world import mint_token, running_stack  # noqa: E402
 
 
 def _connect_gmail(config: StackConfig, http: requests.Session, email: str) -> None:
@@ -136,18 +118,11 @@ def main() -> int:
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
-    var_dir = Path(tempfile.mkdtemp(prefix="cp-bench-"))
-    config = StackConfig.ephemeral(var_dir, f"cp_bench_{tag}", f"cpbench{tag}")
-    config.extra_env["LOG_LEVEL"] = args.log_level
-    stack = Stack(config)
     user_id = f"user_bench_{tag}"
-    print(f"starting the stack (database {config.database}, logs in {config.log_dir}) ...", flush=True)
-    try:
-        stack.prepare()
-        stack.start()
-        _wait_healthy(config.gateway_url)
+    with running_stack(args.log_level) as stack:
+        config = stack.config
         http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {_token(config, user_id)}"
+        http.headers["Authorization"] = f"Bearer {mint_token(config, user_id)}"
         if http.get(f"{config.gateway_url}/v1/me", timeout=10).status_code != 200:
             raise SystemExit("GET /v1/me failed")
         _connect_gmail(config, http, f"bench.{tag}@gmail.com")
@@ -159,7 +134,7 @@ def main() -> int:
             for pid in group:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
                 before[pid] = _status_kb(pid, "VmRSS")
-        http.headers["Authorization"] = f"Bearer {_token(config, user_id)}"
+        http.headers["Authorization"] = f"Bearer {mint_token(config, user_id)}"
         started = time.perf_counter()
         reply = http.get(f"{config.gateway_url}/v1/export", stream=True, timeout=120)
         if reply.status_code != 200:
@@ -178,7 +153,7 @@ def main() -> int:
                   for name, group in pids.items()}
         peaks = {name: sum(_status_kb(pid, "VmHWM") for pid in group) / 1024 for name, group in pids.items()}
 
-        http.headers["Authorization"] = f"Bearer {_token(config, user_id)}"
+        http.headers["Authorization"] = f"Bearer {mint_token(config, user_id)}"
         started = time.perf_counter()
         accepted = http.delete(f"{config.gateway_url}/v1/account", json={"confirm": "delete my account"}, timeout=30)
         if accepted.status_code != 202:
@@ -191,10 +166,6 @@ def main() -> int:
             status = http.get(f"{config.gateway_url}/v1/account/deletion", timeout=10).json()
             state = status.get("state", "")
         delete_s = time.perf_counter() - started
-    finally:
-        stack.stop()
-        remove_deployment(config)
-        shutil.rmtree(var_dir, ignore_errors=True)
 
     print()
     print(f"export: {size / 1e6:.1f} MB in {export_s:.2f} s (first byte after {first_byte or 0:.2f} s), "

@@ -9,6 +9,8 @@ session tokens from the stand-in, then holds ``--connections`` keep-alive HTTP/1
 measures requests/s, p50 and p99 for:
 
 * ``GET /v1/me``: JWT verification, gRPC hop(s) over mTLS, a PostgreSQL query under RLS;
+* ``GET /v1/sequences?limit=5``: the same, plus the mailer's typed ``ListSequences`` (five sequences of
+  three steps each, read under RLS) and their conversion to the public documents;
 * ``GET /.well-known/security.txt``: public, no I/O at all (the gateway's floor).
 
 The client runs on the same machine and competes with the services for the CPUs: the figures are a
@@ -18,13 +20,10 @@ lower bound for the server. Issue #2's target: /v1/me at >= 0.3x the bare route,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import multiprocessing as mp
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,10 +36,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from stack import Stack, StackConfig, remove_deployment  # noqa: E402
+from stack import StackConfig  # noqa: E402
+from stack_world import mint_token, running_stack  # noqa: E402
 
 ROUTES = {
     "GET /v1/me (auth, gRPC, RLS)": ("/v1/me", True),
+    "GET /v1/sequences?limit=5 (mailer)": ("/v1/sequences?limit=5", True),
     "GET /.well-known/security.txt (no I/O)": ("/.well-known/security.txt", False),
 }
 
@@ -125,22 +126,20 @@ def _percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[index]
 
 
-def _wait_healthy(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"gateway at {url} did not report healthy within {timeout:.0f}s")
-
-
-def _mint(config: StackConfig, user_id: str, lifetime_s: int) -> str:
-    reply = requests.post(f"{config.clerk_url}/_sandbox/tokens",
-                          json={"user_id": user_id, "lifetime_s": lifetime_s}, timeout=10)
-    reply.raise_for_status()
-    return str(reply.json()["token"])
-
+def _outreach(config: StackConfig, token: str | None) -> None:
+    """A contact and five sequences (a first email and two follow-ups each) for the token's user."""
+    headers = {"Authorization": f"Bearer {token}"}
+    contact = requests.post(f"{config.gateway_url}/v1/contacts", headers=headers, timeout=10,
+                            json={"email": f"c.{uuid.uuid4().hex[:10]}@example.com", "first_name": "Ada"})
+    if contact.status_code != 201:
+        raise SystemExit(f"POST /v1/contacts answered {contact.status_code}: {contact.text[:200]}")
+    for i in range(5):
+        created = requests.post(f"{config.gateway_url}/v1/sequences", headers=headers, timeout=10, json={
+            "contact_id": contact.json()["id"], "subject": f"Coffee {i}, {{{{first_name}}}}?",
+            "body": "Hi {{first_name}}, " + "x" * 600,
+            "follow_ups": [{"body": "Bumping this.", "delay": "P3D"}, {"body": "Last one.", "delay": "P7D"}]})
+        if created.status_code != 201:
+            raise SystemExit(f"POST /v1/sequences answered {created.status_code}: {created.text[:200]}")
 
 
 def main() -> int:
@@ -156,28 +155,20 @@ def main() -> int:
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
-    var_dir = Path(tempfile.mkdtemp(prefix="cp-bench-"))
-    config = StackConfig.ephemeral(var_dir, f"cp_bench_{tag}", f"cpbench{tag}")
-    config.extra_env["LOG_LEVEL"] = args.log_level
-    if args.workers:
-        config.extra_env["GATEWAY_WORKERS"] = str(args.workers)
-    if args.threads:
-        config.extra_env["GATEWAY_THREADS"] = str(args.threads)
-    stack = Stack(config)
-    print(f"starting the stack (database {config.database}, logs in {config.log_dir}) ...", flush=True)
-    try:
-        stack.prepare()
-        stack.start()
-        _wait_healthy(config.gateway_url)
+    gunicorn_env = {name: str(value) for name, value in
+                    (("GATEWAY_WORKERS", args.workers), ("GATEWAY_THREADS", args.threads)) if value}
+    with running_stack(args.log_level, gunicorn_env, keep_logs=args.keep_logs) as stack:
+        config = stack.config
         lifetime = int(2 * (args.warmup + args.duration) + 120)
         # One user per connection, each created on a first call outside the measurement.
         users = [f"user_bench_{tag}_{i}" for i in range(args.connections)]
-        tokens: list[str | None] = [_mint(config, user, lifetime) for user in users]
+        tokens: list[str | None] = [mint_token(config, user, lifetime) for user in users]
         for token in tokens:
             first = requests.get(f"{config.gateway_url}/v1/me", headers={"Authorization": f"Bearer {token}"},
                                  timeout=10)
             if first.status_code != 200:
                 raise SystemExit(f"GET /v1/me answered {first.status_code}: {first.text[:200]}")
+            _outreach(config, token)
         figures = {}
         for label, (path, authenticated) in ROUTES.items():
             print(f"measuring {label}: {args.connections} connections, {args.warmup:.0f}s warm-up + "
@@ -185,13 +176,8 @@ def main() -> int:
             route_tokens = tokens if authenticated else [None] * args.connections
             figures[label] = measure(config.gateway_url, path, route_tokens, args.processes, args.duration,
                                      args.warmup)
-    finally:
-        stack.stop()
-        remove_deployment(config)
-        if not args.keep_logs:
-            shutil.rmtree(var_dir, ignore_errors=True)
 
-    me, bare = figures[list(ROUTES)[0]], figures[list(ROUTES)[1]]
+    me, bare = figures[list(ROUTES)[0]], figures[list(ROUTES)[-1]]
     gunicorn = (f"gunicorn gthread, GATEWAY_WORKERS={args.workers or 'default'}, "
                 f"GATEWAY_THREADS={args.threads or 'default'}")
     print()

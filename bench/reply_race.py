@@ -36,16 +36,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,18 +50,10 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "deploy"))
-
-from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap  # noqa: E402
-from kombu import Connection  # noqa: E402
 
 # The vault double (sandbox-issued tokens over mTLS) and mailer processes the mailer's tests use (mailer_harness).
 from mailer_harness import MailerProcess, Vault  # noqa: E402
-from outreach_world import copy_outreach, drop_bench_state, raw_message, start_mailers  # noqa: E402
-
-from coffeeping.common.certs import ensure  # noqa: E402
-from coffeeping.common.messaging import declare_topology  # noqa: E402
-from coffeeping_sandbox.server import start_sandbox  # noqa: E402
+from outreach_world import MailerWorld, Outreach, add_world_arguments, mailer_world, shift_follow_ups  # noqa: E402
 
 ANCHOR_AHEAD = dt.timedelta(days=1)  # nothing is due while the mailers start
 
@@ -126,7 +114,7 @@ def _seed(sandbox: Any, vault: Vault, admin_db: str, args: argparse.Namespace, r
     n = args.conversations
     started_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     convs: list[Conversation] = []
-    contacts, sequences, steps, jobs = [], [], [], []
+    outreach = Outreach()
     # Due times evenly spread over the spread, users in random order; reply offsets drawn per conversation.
     slots = list(range(n))
     rng.shuffle(slots)
@@ -134,25 +122,12 @@ def _seed(sandbox: Any, vault: Vault, admin_db: str, args: argparse.Namespace, r
         user_id, sender = f"user_race_{u:05d}", f"race{u:05d}@gmail.com"
         to = f"contact{u:05d}@example.com"
         vault.connect(user_id, sender)
-        first_rfc, follow_rfc = f"<cp.{uuid.uuid4().hex}@gmail.com>", f"<cp.{uuid.uuid4().hex}@gmail.com>"
-        with sandbox.gmail._lock:
-            box = sandbox.gmail._mailbox(sender)
-            sent = box.add_message(raw_message(sender, to, "Coffee?", "First", first_rfc), ["SENT"], None)
-            draft = box.create_draft(raw_message(sender, to, "Re: Coffee?", "Follow-up", follow_rfc, first_rfc),
-                                     sent.thread_id)
-        contact_id, seq_id, first_id, follow_id = (str(uuid.uuid4()) for _ in range(4))
         offset_s = args.spread_s * slots[u] / n
         due = anchor + dt.timedelta(microseconds=round(offset_s * 1e6))
-        contacts.append((contact_id, user_id, to, to))
-        sequences.append((seq_id, user_id, contact_id, "Coffee?", "active", to, sender, sent.thread_id, started_at))
-        steps.append((first_id, user_id, seq_id, 0, "First", "First", None, "sent", first_rfc, None, None,
-                      sent.id, sent.thread_id, started_at, None))
-        steps.append((follow_id, user_id, seq_id, 1, "Follow-up", None, "PT5M", "scheduled", follow_rfc,
-                      draft.id, draft.message_id, None, None, None, due))
-        jobs.append((follow_id, seq_id, user_id, due))
+        sent, seq_id, follow_id = outreach.add(sandbox, user_id, sender, to, "Coffee?", started_at, due)
         convs.append(Conversation(user_id, sender, to, sent.thread_id, sent.id, seq_id, follow_id, offset_s,
                                   rng.uniform(-args.reply_before_s, args.reply_after_s)))
-    copy_outreach(admin_db, contacts, sequences, steps, jobs)
+    outreach.copy(admin_db)
     return convs
 
 
@@ -184,72 +159,42 @@ def main() -> None:
     parser.add_argument("--reply-after-s", type=float, default=1.0)
     parser.add_argument("--threshold-ms", type=float, default=250.0,
                         help="leaks whose reply landed at least this long before the send must be 0")
-    parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=16)
+    add_world_arguments(parser, workers=16)
     parser.add_argument("--seed", type=int, default=1, help="reply offsets and due order")
     parser.add_argument("--settle-s", type=float, default=30.0,
                         help="after the last reply, wait at most this long for every follow-up to settle")
-    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL)
-    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
     args = parser.parse_args()
     if args.lead_s <= args.reply_before_s:
         parser.error("--lead-s must exceed --reply-before-s (the earliest reply must come after the start)")
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per sandbox request costs CPU here
     rng = random.Random(args.seed)
-    var = Path(tempfile.mkdtemp(prefix="cp-bench-race-"))
-    certs = ensure(var / "certs")
-    database = f"cp_bench_{uuid.uuid4().hex[:8]}"
-    prefix = f"cpbench{uuid.uuid4().hex[:8]}"
-    admin_db = args.admin_url.rsplit("/", 1)[0] + f"/{database}"
-    print(f"database {database}, logs in {var}", flush=True)
+    with mailer_world(args.admin_url, args.amqp_url, "race") as world:
+        _race(args, world, rng)
 
-    sandbox = server = None
+
+def _race(args: argparse.Namespace, world: MailerWorld, rng: random.Random) -> None:
+    sandbox, admin_db = world.sandbox, world.admin_db
+    reads = Reads()
+    have_reads = reads.install(sandbox.gmail)
     procs: list[MailerProcess] = []
     stop = threading.Event()
     replier: threading.Thread | None = None
     try:
-        bootstrap(args.admin_url, database, dev=True)
-        sandbox = start_sandbox()
-        sandbox.gmail.set_rate_limit(250.0)  # Gmail's per-user rate, as in production
-        reads = Reads()
-        have_reads = reads.install(sandbox.gmail)
-        vault = Vault(sandbox)
-        import grpc
-
-        from coffeeping.vault.v1 import vault_pb2_grpc
-
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        vault_pb2_grpc.add_TokenVaultServicer_to_server(vault, server)
-        creds = grpc.ssl_server_credentials([((certs / "token-vault-key.pem").read_bytes(),
-                                              (certs / "token-vault.pem").read_bytes())],
-                                            root_certificates=(certs / "ca.pem").read_bytes(),
-                                            require_client_auth=True)
-        vault_port = server.add_secure_port("127.0.0.1:0", creds)
-        server.start()
-        with Connection(args.amqp_url) as conn:  # somewhere for the mailer's sequence events to go
-            declare_topology(conn, prefix, "reply-watcher", ["sequence.#"])
-
         print(f"setting up {args.conversations} conversations ...", flush=True)
         t0 = time.perf_counter()
         anchor = dt.datetime.now(dt.UTC) + ANCHOR_AHEAD
-        convs = _seed(sandbox, vault, admin_db, args, rng, anchor)
+        convs = _seed(sandbox, world.vault, admin_db, args, rng, anchor)
         print(f"setup took {time.perf_counter() - t0:.1f}s", flush=True)
 
         sandbox.control.set_latency(args.latency_ms / 1000.0)
-        procs += start_mailers(args.processes, admin_url=args.admin_url, database=database, certs=certs,
-                               amqp_url=args.amqp_url, prefix=prefix, vault_port=vault_port,
-                               gmail_url=sandbox.google_url, workers=args.workers, var=var)
+        procs += world.start_mailers(args.processes, args.workers)
         time.sleep(1.0)  # past the gRPC port opening, the schedulers are up
 
         # The follow-ups fall due from base + lead; the due times are read back from the database.
         base = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.lead_s)
         with psycopg.connect(admin_db, autocommit=True) as conn:
             with conn.transaction():
-                shift = base - anchor
-                conn.execute("UPDATE mailer.steps SET due_at = due_at + %s WHERE position = 1", (shift,))
-                conn.execute("UPDATE mailer.jobs SET due_at = due_at + %s", (shift,))
+                shift_follow_ups(conn, base - anchor)
             dues = dict(conn.execute("SELECT id::text, due_at FROM mailer.steps WHERE position = 1").fetchall())
         for conv in convs:
             conv.due = dues[conv.step_id].timestamp()
@@ -297,11 +242,6 @@ def main() -> None:
             replier.join(10)
         for proc in procs:
             proc.stop()
-        if server is not None:
-            server.stop(0)
-        if sandbox is not None:
-            sandbox.stop()
-        drop_bench_state(args.admin_url, database, args.amqp_url, prefix)
 
 
 def _report(args: argparse.Namespace, sandbox: Any, convs: list[Conversation], seqs: dict[str, tuple[str, str]],

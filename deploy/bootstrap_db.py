@@ -159,7 +159,7 @@ def bootstrap(admin_url: str, database: str, migrate: bool = True, *, dev: bool 
 # no other service's secret and no CA key (../shared/design/SECURITY.md). The backends also get their
 # own DATABASE_URL and RABBITMQ_URL, with the two passwords these are built from.
 CONTAINER_SECRETS: dict[str, tuple[str, ...]] = {
-    "auth-gateway": ("OAUTH_STATE_SECRET", "CLERK_WEBHOOK_SECRET", "GMAIL_PUSH_TOKEN"),
+    "auth-gateway": ("OAUTH_STATE_SECRET", "CLERK_WEBHOOK_SECRET"),
     "token-vault": ("TOKEN_VAULT_LOCAL_KEY", "GOOGLE_CLIENT_SECRET", "TOMBSTONE_KEY"),
     "mailer": ("TOMBSTONE_KEY",),
     "reply-watcher": ("TOMBSTONE_KEY",),

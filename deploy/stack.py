@@ -37,6 +37,10 @@ from coffeeping.common import services  # noqa: E402
 # name: (module, schema or None, default port), from the one registry.
 SERVICES = {s.name: (s.package, s.schema, s.port) for s in services.ALL}
 GOOGLE_CLIENT_ID = "coffeeping-dev.apps.googleusercontent.com"
+# Gmail push through the sandbox's Pub/Sub: the topic Gmail publishes to, and the push subscription's
+# OIDC identity (in production: the topic, the audience and the service account you configured).
+PUSH_TOPIC = "projects/coffeeping-dev/topics/gmail-push"
+PUSH_SERVICE_ACCOUNT = "gmail-push@coffeeping-dev.iam.gserviceaccount.com"
 SANDBOX_PORTS = {"clerk": 8701, "google": 8702, "kms": 8703}
 
 
@@ -54,7 +58,6 @@ def dev_secrets(path: Path) -> dict[str, str]:
         "OAUTH_STATE_SECRET": lambda: secrets.token_urlsafe(48),
         "CLERK_WEBHOOK_SECRET": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         "GOOGLE_CLIENT_SECRET": lambda: "dev-" + secrets.token_urlsafe(24),
-        "GMAIL_PUSH_TOKEN": lambda: secrets.token_urlsafe(24),
         "TOMBSTONE_KEY": lambda: secrets.token_urlsafe(48),
         **{password_variable(login): (lambda: secrets.token_urlsafe(24)) for login in LOGINS},
     }
@@ -117,6 +120,10 @@ class StackConfig:
     def redirect_uri(self) -> str:
         return f"{self.gateway_url}/v1/gmail/callback"
 
+    @property
+    def push_endpoint(self) -> str:
+        return f"{self.gateway_url}/v1/webhooks/gmail"
+
     def sandbox_env(self) -> dict[str, str]:
         google = self.google_url
         return {
@@ -128,6 +135,10 @@ class StackConfig:
             "GOOGLE_REVOKE_URL": f"{google}/revoke",
             "GOOGLE_USERINFO_URL": f"{google}/oauth2/v3/userinfo",
             "GMAIL_API_ENDPOINT": google,
+            "GOOGLE_OIDC_CERTS_URL": f"{google}/oauth2/v1/certs",
+            "GMAIL_PUSH_TOPIC": PUSH_TOPIC,
+            "GMAIL_PUSH_AUDIENCE": self.push_endpoint,
+            "GMAIL_PUSH_SERVICE_ACCOUNT": PUSH_SERVICE_ACCOUNT,
             "KMS_ENDPOINT": f"127.0.0.1:{self.sandbox_ports['kms']}",
             "KMS_KEY_NAME": "projects/coffeeping-dev/locations/global/keyRings/coffeeping/cryptoKeys/token-vault",
         }
@@ -226,6 +237,8 @@ class Stack:
             "--google-port", str(ports["google"]), "--kms-port", str(ports["kms"]),
             "--clerk-port", str(ports["clerk"]),
             "--client", f"{GOOGLE_CLIENT_ID}:{secret}:{self.config.redirect_uri}",
+            "--pubsub-push", f"topic={PUSH_TOPIC},endpoint={self.config.push_endpoint},"
+                             f"audience={self.config.push_endpoint},service_account={PUSH_SERVICE_ACCOUNT}",
         ]
         out = self._output("sandbox")
         self.sandbox_proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
@@ -249,25 +262,24 @@ class Stack:
             _wait_port(self.config.ports[name], self.procs[name])
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        proc = self.procs.get(name)
-        if proc and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _end(self.procs.get(name), sig, timeout)
 
     def stop(self) -> None:
         # The gateway first (no new requests), then the services, then their stand-ins.
         for name in reversed(list(SERVICES)):
             self.stop_service(name)
-        if self.sandbox_proc and self.sandbox_proc.poll() is None:
-            self.sandbox_proc.terminate()
-            try:
-                self.sandbox_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.sandbox_proc.kill()
+        _end(self.sandbox_proc, signal.SIGTERM, 10.0)
+
+
+def _end(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Send ``sig`` to ``proc`` if it still runs and wait for it; kill it if it outlives ``timeout``."""
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

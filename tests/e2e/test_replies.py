@@ -7,9 +7,10 @@ import base64
 import json
 import time
 import uuid
-from pathlib import Path
 
+import pytest
 import requests
+from stack import PUSH_SERVICE_ACCOUNT
 
 
 def unique(prefix: str) -> str:
@@ -130,9 +131,12 @@ def test_a_message_the_user_writes_in_the_thread_from_gmail_stops_it_as_user_too
     assert stopped(session, sequence_id, timeout=60)["stop_reason"] == "user_took_over"
 
 
-def _push_token(stack) -> str:
-    path = Path(stack.config.var_dir) / "dev-secrets.env"
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)["GMAIL_PUSH_TOKEN"]
+def _oidc(stack, **claims) -> str:
+    """A push token from the sandbox's Pub/Sub, as Google signs it (``claims`` change it)."""
+    wanted = {"audience": stack.config.push_endpoint, "email": PUSH_SERVICE_ACCOUNT, **claims}
+    reply = requests.post(f"{stack.google}/_sandbox/pubsub/oidc-token", json=wanted, timeout=10)
+    reply.raise_for_status()
+    return reply.json()["token"]
 
 
 def _push_body(email: str) -> dict:
@@ -140,19 +144,40 @@ def _push_body(email: str) -> dict:
     return {"message": {"data": data, "messageId": "1"}, "subscription": "projects/p/subscriptions/gmail"}
 
 
-def test_a_gmail_push_with_the_verification_token_is_accepted_without_a_session(stack):
-    reply = requests.post(f"{stack.url}/v1/webhooks/gmail", params={"token": _push_token(stack)},
-                          json=_push_body("someone@example.com"), timeout=10)
+def _push(stack, token: str | None, body: dict) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{stack.url}/v1/webhooks/gmail", headers=headers, json=body, timeout=10)
+
+
+def test_a_gmail_push_with_googles_oidc_token_is_accepted_without_a_session(stack):
+    reply = _push(stack, _oidc(stack), _push_body("someone@example.com"))
     assert reply.status_code == 204, reply.text
 
 
-def test_a_gmail_push_with_a_wrong_or_missing_token_or_a_malformed_body_is_refused(stack):
-    url = f"{stack.url}/v1/webhooks/gmail"
-    for params in ({"token": "wrong"}, {}):
-        reply = requests.post(url, params=params, json=_push_body("a@example.com"), timeout=10)
-        assert reply.status_code == 403
-        assert reply.headers["Content-Type"] == "application/problem+json"
+@pytest.mark.parametrize("claims, status", [
+    ({"audience": "https://elsewhere.example/push"}, 403),
+    ({"email": "attacker@evil.iam.gserviceaccount.com"}, 403),
+    ({"email_verified": False}, 403),
+    ({"issuer": "https://evil.example"}, 403),
+    ({"lifetime_s": -600, "iat": 1_000_000_000}, 401),  # expired long ago
+    ({"forged": True}, 401),  # signed by a key that is not Google's
+])
+def test_a_forged_push_is_refused(stack, claims, status):
+    reply = _push(stack, _oidc(stack, **claims), _push_body("a@example.com"))
+    assert reply.status_code == status, reply.text
+    assert reply.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_push_without_a_token_or_with_a_token_in_the_query_string_is_refused(stack):
+    assert _push(stack, None, _push_body("a@example.com")).status_code == 401
+    reply = requests.post(f"{stack.url}/v1/webhooks/gmail", params={"token": _oidc(stack)},
+                          json=_push_body("a@example.com"), timeout=10)
+    assert reply.status_code == 401
+
+
+def test_a_malformed_push_body_is_400(stack):
+    token = _oidc(stack)
     for body in ({}, {"message": {"data": "!!!"}}, {"message": {"data": base64.b64encode(b"[1]").decode()}}):
-        reply = requests.post(url, params={"token": _push_token(stack)}, json=body, timeout=10)
+        reply = _push(stack, token, body)
         assert reply.status_code == 400, reply.text
         assert "Traceback" not in reply.text

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from kombu import Connection
 
-from coffeeping.common.db import make_engine, rls_statements
-from coffeeping.common.messaging import outbox_ddl
+from coffeeping.common.db import make_engine
+from coffeeping.common.frozen_ddl import OUTBOX_INBOX_V1, RLS_OWNER_V1, render
 
 PG_ADMIN_URL = os.environ.get("CP_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("CP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -60,13 +60,13 @@ def msg_db() -> Iterator[MsgDb]:
                 conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {owner}")
             conn.execute(f"SET ROLE {owner}")
             for schema in SCHEMAS:
-                for stmt in outbox_ddl(schema):
+                for stmt in render(OUTBOX_INBOX_V1, schema=schema):
                     conn.execute(stmt)
                 conn.execute(
                     f"CREATE TABLE {schema}.notes (id bigserial PRIMARY KEY, user_id text NOT NULL, "
                     "event_id uuid NOT NULL, kind text NOT NULL)"
                 )
-                for stmt in rls_statements(schema, "notes"):
+                for stmt in render(RLS_OWNER_V1, schema=schema, table="notes"):
                     conn.execute(stmt)
                 conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {app}")
                 conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {app}")

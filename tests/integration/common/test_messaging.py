@@ -22,6 +22,7 @@ from kombu import Connection, Exchange, Producer
 from sqlalchemy import text
 
 from coffeeping.common.db import make_engine, user_tx
+from coffeeping.common.frozen_ddl import OUTBOX_INBOX_DROP_V1, OUTBOX_INBOX_V1, render
 from coffeeping.common.logging import current_request_id
 from coffeeping.common.messaging import (
     Consumer,
@@ -29,8 +30,6 @@ from coffeeping.common.messaging import (
     OutboxRelay,
     declare_topology,
     forget_user,
-    outbox_ddl,
-    outbox_drop_ddl,
     pending_count,
     publish_in_tx,
     requeue_dead_letters,
@@ -104,24 +103,24 @@ def notes(db, schema: str = "svc") -> int:
 
 
 def test_ddl_is_idempotent_and_reversible_and_rls_is_forced(msg_db):
-    """outbox_ddl can run twice; tables have forced RLS; the drop DDL removes both tables."""
+    """The frozen outbox DDL can run twice; tables have forced RLS; the drop DDL removes both tables."""
     import psycopg
 
     with psycopg.connect(msg_db.admin_url) as conn:
         conn.execute("CREATE SCHEMA tmpddl")
-        for stmt in outbox_ddl("tmpddl") + outbox_ddl("tmpddl"):
+        for stmt in render(OUTBOX_INBOX_V1, schema="tmpddl") * 2:
             conn.execute(stmt)
         flags = conn.execute(
             "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
             "WHERE relnamespace = 'tmpddl'::regnamespace AND relkind = 'r' ORDER BY relname"
         ).fetchall()
         assert flags == [("inbox", True, True), ("outbox", True, True)]
-        for stmt in outbox_drop_ddl("tmpddl"):
+        for stmt in render(OUTBOX_INBOX_DROP_V1, schema="tmpddl"):
             conn.execute(stmt)
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'tmpddl'").fetchone()[0] == 0
         conn.execute("DROP SCHEMA tmpddl")
     with pytest.raises(ValueError):
-        outbox_ddl("svc; DROP TABLE x")
+        render(OUTBOX_INBOX_V1, schema="svc; DROP TABLE x")
 
 
 def test_outbox_rows_invisible_to_a_plain_user_of_another_id(engine, msg_db):

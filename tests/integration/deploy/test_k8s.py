@@ -20,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "deploy" / "k8s" / "base"
 GRPC_SERVICES = {"accounts": 50051, "token-vault": 50052, "mailer": 50053, "reply-watcher": 50054}
 SECRET_SETTINGS = {"DATABASE_URL", "RABBITMQ_URL", "GOOGLE_CLIENT_SECRET", "CLERK_WEBHOOK_SECRET",
-                   "OAUTH_STATE_SECRET", "TOKEN_VAULT_LOCAL_KEY", "GMAIL_PUSH_TOKEN", "ADMIN_DATABASE_URL",
+                   "OAUTH_STATE_SECRET", "TOKEN_VAULT_LOCAL_KEY", "ADMIN_DATABASE_URL",
                    "TOMBSTONE_KEY", "RABBITMQ_MANAGEMENT_URL"}
 # What each service reads from its own Secret coffeeping-<service>: setting -> key.
 OWN_SECRETS = {
-    "auth-gateway": {"CLERK_WEBHOOK_SECRET": "clerk-webhook-secret", "OAUTH_STATE_SECRET": "oauth-state-secret",
-                     "GMAIL_PUSH_TOKEN": "gmail-push-token"},
+    "auth-gateway": {"CLERK_WEBHOOK_SECRET": "clerk-webhook-secret", "OAUTH_STATE_SECRET": "oauth-state-secret"},
     "accounts": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url", "TOMBSTONE_KEY": "tombstone-key"},
     "token-vault": {"DATABASE_URL": "database-url", "RABBITMQ_URL": "rabbitmq-url", "TOMBSTONE_KEY": "tombstone-key",
                     "GOOGLE_CLIENT_SECRET": "google-client-secret"},

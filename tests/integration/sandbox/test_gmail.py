@@ -42,6 +42,7 @@ class Env:
         self.url: str = sandbox.google_url
         self.gmail: GmailSandbox = sandbox.gmail
         self.control: Control = sandbox.control
+        self.pubsub = sandbox.pubsub
         self._issue = issue
         self._tokens: dict[str, str] = {}
 
@@ -399,8 +400,10 @@ def test_quota_units(env: Env) -> None:
     api.users().drafts().delete(userId="me", id=other["id"]).execute()
     profile = api.users().getProfile(userId="me").execute()
     api.users().history().list(userId="me", startHistoryId=profile["historyId"]).execute()
+    env.pubsub.create_topic("projects/p/topics/gmail")
     watch = api.users().watch(userId="me", body={"topicName": "projects/p/topics/gmail"}).execute()
     assert watch["historyId"] == profile["historyId"] and int(watch["expiration"]) > 0
+    api.users().stop(userId="me").execute()
     q = env.ctl("GET", "quota", params={"user": ME})
     assert q["by_method"] == {
         "messages.send": 100,
@@ -415,8 +418,9 @@ def test_quota_units(env: Env) -> None:
         "getProfile": 1,
         "history.list": 2,
         "watch": 100,
+        "stop": 50,
     }
-    assert q["units_used"] == 373
+    assert q["units_used"] == 423
     assert q["calls"]["drafts.create"] == 2
 
 

@@ -3,7 +3,9 @@
 Serves the paths google-api-python-client calls (``/gmail/v1/users/{userId}/...``) with Google's JSON
 shapes, scope rules, quota units and error bodies, plus a control API under ``/_sandbox/gmail/`` that
 plays the other side of the mailbox (inbound replies, bounces, the user acting in Gmail itself) and
-reports quota use and a privacy audit of content reads.
+reports quota use and a privacy audit of content reads. ``users.watch``/``users.stop`` keep one watch per
+mailbox; while it lasts, each history change that passes its label filter is published to the Pub/Sub
+stand-in (:mod:`coffeeping_sandbox.pubsub`) as ``{"emailAddress", "historyId"}``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 
@@ -53,6 +55,10 @@ from .gmail_store import (
     parse_mime,
     text_body,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gmail_store import HistoryRecord
+    from .pubsub import PubSubSandbox
 
 __all__ = ["DEFAULT_UNITS_PER_SECOND", "SCOPES", "UNITS", "GmailSandbox", "TokenInfo"]
 
@@ -97,6 +103,7 @@ SCOPES: dict[str, frozenset[str]] = {
     "history.list": _scopes("gmail.metadata", "gmail.modify", "gmail.readonly"),
     "getProfile": _scopes("gmail.compose", "gmail.metadata", "gmail.modify", "gmail.readonly"),
     "watch": _scopes("gmail.metadata", "gmail.modify", "gmail.readonly"),
+    "stop": _scopes("gmail.metadata", "gmail.modify", "gmail.readonly"),
 }
 
 # Google's published quota units per method.
@@ -115,6 +122,7 @@ UNITS: dict[str, int] = {
     "history.list": 2,
     "getProfile": 1,
     "watch": 100,
+    "stop": 50,
     "messages.attachments.get": 5,
 }
 DEFAULT_UNITS_PER_SECOND: float = 250.0
@@ -135,6 +143,9 @@ _MESSAGE_FIELDS = {
 }
 _DRAFT_FIELDS = {"id", "message"}
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+WATCH_LIFETIME_S = 7 * 86400  # a watch lasts seven days unless renewed
+_LABEL_FILTERS = ("include", "exclude")
+_NOTIFICATION_LOG_LIMIT = 10_000
 _RAW_REQUIRED = "'raw' RFC822 payload message string or uploading message via /upload/* URL required"
 
 
@@ -207,9 +218,15 @@ def _content_reason(fmt: str, metadata_headers: list[str]) -> str | None:
 class GmailSandbox:
     """The Gmail API stand-in. Thread safe; mount :meth:`blueprint` on a Flask app."""
 
-    def __init__(self, token_lookup: Callable[[str], TokenInfo | None], control: Control) -> None:
+    def __init__(
+        self,
+        token_lookup: Callable[[str], TokenInfo | None],
+        control: Control,
+        pubsub: PubSubSandbox | None = None,
+    ) -> None:
         self._token_lookup = token_lookup
         self._control = control
+        self.pubsub = pubsub
         self._lock = threading.RLock()
         self._mailboxes: dict[str, Mailbox] = {}
         self._usage: dict[str, _Usage] = {}
@@ -217,6 +234,10 @@ class GmailSandbox:
         self._rate_user: dict[str, float | None] = {}
         self._reads: dict[str, list[dict[str, Any]]] = {}
         self._snippets: dict[str, list[dict[str, Any]]] = {}
+        self._watch_lifetime_s: float = WATCH_LIFETIME_S
+        self._notify_interval_s: float | None = None
+        self._last_notified: dict[str, float] = {}
+        self._notifications: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -227,12 +248,16 @@ class GmailSandbox:
             self._rate_user.clear()
             self._reads.clear()
             self._snippets.clear()
+            self._watch_lifetime_s = WATCH_LIFETIME_S
+            self._notify_interval_s = None
+            self._last_notified.clear()
+            self._notifications.clear()
 
     def _mailbox(self, user: str) -> Mailbox:
         key = (email.utils.parseaddr(user)[1] or user).strip().lower()
         mb = self._mailboxes.get(key)
         if mb is None:
-            mb = self._mailboxes[key] = Mailbox(email=key)
+            mb = self._mailboxes[key] = Mailbox(email=key, on_record=self._on_record)
         return mb
 
     # ------------------------------------------------------------------ quota / rate limit
@@ -713,13 +738,106 @@ class GmailSandbox:
     def _watch(self, info: TokenInfo) -> dict[str, Any]:
         body = self._body({"topicName", "labelIds", "labelFilterAction", "labelFilterBehavior"})
         topic = body.get("topicName")
+        if topic in (None, ""):
+            raise invalid_argument("topicName required")
         if not isinstance(topic, str) or not _TOPIC.match(topic):
             raise invalid_argument("Invalid topicName does not match projects/SOME_PROJECT/topics/SOME_TOPIC")
-        expiration = int((time.time() + 7 * 86400) * 1000)
+        labels = body.get("labelIds")
+        if labels is None:
+            labels = []
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise invalid_argument(
+                "Invalid JSON payload received. 'labelIds' must be a list of strings.", reason="invalid"
+            )
+        behavior = self._label_filter(body)
+        # Gmail sends a test message to the topic; it fails unless the topic exists and Gmail's push
+        # account (gmail-api-push@system.gserviceaccount.com) may publish to it.
+        if self.pubsub is not None and not self.pubsub.gmail_can_publish(topic):
+            raise forbidden(
+                f"Error sending test message to Cloud PubSub {topic} : User not authorized to perform this action."
+            )
+        now = time.time()
+        expiration = int((now + self._watch_lifetime_s) * 1000)
         with self._lock:
             mb = self._mailbox(info.email)
-            mb.watch = {**body, "expiration": str(expiration)}
+            mb.watch = {  # one watch per mailbox: a new one replaces the old
+                "topicName": topic,
+                "labelIds": list(dict.fromkeys(labels)),
+                "labelFilterBehavior": behavior,
+                "historyId": str(mb.history_id),
+                "expiration": str(expiration),
+                "created": now,
+            }
             return {"historyId": str(mb.history_id), "expiration": str(expiration)}
+
+    @staticmethod
+    def _label_filter(body: dict[str, Any]) -> str:
+        """labelFilterBehavior replaces the deprecated labelFilterAction; "include" by default."""
+        for key, field_name in (
+            ("labelFilterBehavior", "label_filter_behavior"),
+            ("labelFilterAction", "label_filter_action"),
+        ):
+            value = body.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or value.lower() not in _LABEL_FILTERS:
+                raise invalid_argument(
+                    f"Invalid value at '{field_name}' "
+                    f'(type.googleapis.com/caribou.api.proto.WatchRequest.LabelFilterAction), "{value}"',
+                    reason="invalid",
+                )
+            return value.lower()
+        return "include"
+
+    def _stop(self, info: TokenInfo) -> None:
+        self._body(set())  # "The request body must be empty."
+        with self._lock:
+            self._mailbox(info.email).watch = None
+
+    # ------------------------------------------------------------------ push notifications
+    @staticmethod
+    def _filter_passes(watch: dict[str, Any], record: HistoryRecord) -> bool:
+        wanted = set(watch.get("labelIds") or ())
+        if not wanted:
+            return True  # no labelIds: every change is pushed
+        related = bool(wanted & (set(record.message.get("labelIds") or ()) | set(record.label_ids)))
+        return related if watch.get("labelFilterBehavior", "include") == "include" else not related
+
+    def _on_record(self, mb: Mailbox, record: HistoryRecord) -> None:
+        """A history record was added to ``mb`` (lock held): publish ``{emailAddress, historyId}``."""
+        watch = mb.watch
+        if watch is None:
+            return
+        now = time.time()
+        entry: dict[str, Any] = {
+            "t": now,
+            "user": mb.email,
+            "historyId": record.id,
+            "change": record.kind,
+            "messageId": record.message.get("id"),
+            "topic": watch["topicName"],
+            "published": False,
+            "pubsub_message_id": None,
+            "reason": None,
+        }
+        last = self._last_notified.get(mb.email)
+        if now * 1000 >= int(watch["expiration"]):
+            entry["reason"] = "watch expired"
+        elif not self._filter_passes(watch, record):
+            entry["reason"] = "label filter"
+        elif self._notify_interval_s and last is not None and now - last < self._notify_interval_s:
+            entry["reason"] = "notification rate limit"
+        elif self.pubsub is None:
+            entry["reason"] = "no Pub/Sub stand-in"
+        else:
+            message_id, why = self.pubsub.publish_as_gmail(
+                watch["topicName"], {"emailAddress": mb.email, "historyId": record.id}
+            )
+            entry.update(published=message_id is not None, pubsub_message_id=message_id, reason=why)
+            if message_id is not None:
+                self._last_notified[mb.email] = now
+        if len(self._notifications) < _NOTIFICATION_LOG_LIMIT:
+            self._notifications.append(entry)
 
     # ------------------------------------------------------------------ control (Python API)
     @staticmethod
@@ -912,6 +1030,46 @@ class GmailSandbox:
                 "oldestValidStart": mb.oldest_valid_start(),
             }
 
+    def watch_of(self, user: str) -> dict[str, Any] | None:
+        """The mailbox's watch (topicName, labelIds, labelFilterBehavior, historyId, expiration, expired)."""
+        with self._lock:
+            watch = self._mailbox(user).watch
+            if watch is None:
+                return None
+            return {**watch, "expired": time.time() * 1000 >= int(watch["expiration"])}
+
+    def expire_watch(self, user: str) -> dict[str, Any]:
+        """Let the mailbox's watch run out now (no more notifications until ``watch`` is called again)."""
+        with self._lock:
+            mb = self._mailbox(user)
+            if mb.watch is None:
+                raise LookupError(f"no watch for {mb.email}")
+            mb.watch["expiration"] = str(int(time.time() * 1000) - 1)
+        return self.watch_of(user) or {}
+
+    def set_watch_lifetime(self, seconds: float | None) -> None:
+        """How long new watches last (Gmail: seven days); ``None`` restores that."""
+        if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
+            raise ValueError("seconds must be a positive number")
+        with self._lock:
+            self._watch_lifetime_s = WATCH_LIFETIME_S if seconds is None else float(seconds)
+
+    def set_notification_interval(self, seconds: float | None) -> None:
+        """Gmail's per-user notification rate limit (documented as 1 event/s, excess dropped).
+
+        Off (``None``) by default so tests are deterministic; ``1.0`` imitates Gmail.
+        """
+        if seconds is not None and (not isinstance(seconds, int | float) or seconds < 0):
+            raise ValueError("seconds must be a number >= 0")
+        with self._lock:
+            self._notify_interval_s = float(seconds) if seconds else None
+
+    def notifications(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Every history change of a watched mailbox: published (with the Pub/Sub messageId) or why not."""
+        key = user.lower() if user else None
+        with self._lock:
+            return [dict(e) for e in self._notifications if key is None or e["user"] == key]
+
     def privacy_audit(self, user: str) -> dict[str, Any]:
         """Requests that read content of messages the user did not send."""
         with self._lock:
@@ -993,6 +1151,7 @@ class GmailSandbox:
         )
         route("/profile", "getProfile", "GET", self._get_profile)
         route("/watch", "watch", "POST", self._watch)
+        route("/stop", "stop", "POST", self._stop)
 
         @bp.route("/gmail/v1/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         def unknown_api(rest: str) -> flask.Response:
@@ -1076,6 +1235,11 @@ class GmailSandbox:
             ),
             "rate-limit": ("POST", lambda d: self.set_rate_limit(d.get("units_per_second"), d.get("user"))),
             "privacy-audit": ("GET", lambda d: self.privacy_audit(req(d, "user"))),
+            "watch": ("GET", lambda d: {"watch": self.watch_of(req(d, "user"))}),
+            "watch/expire": ("POST", lambda d: self.expire_watch(req(d, "user"))),
+            "watch/lifetime": ("POST", lambda d: self.set_watch_lifetime(d.get("seconds"))),
+            "notifications": ("GET", lambda d: {"notifications": self.notifications(d.get("user"))}),
+            "notification-interval": ("POST", lambda d: self.set_notification_interval(d.get("seconds"))),
             "reset": ("POST", lambda d: self.reset()),
         }
         for path, (http, fn) in routes.items():

@@ -11,6 +11,7 @@ import html
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -280,6 +281,8 @@ class Mailbox:
     min_start_history_id: int = 0  # startHistoryId below this -> 404
     retention_s: float | None = None
     watch: dict[str, Any] | None = None
+    # Called (under the Gmail stand-in's lock) after every history record: push notifications.
+    on_record: Callable[[Mailbox, HistoryRecord], None] | None = field(default=None, repr=False, compare=False)
 
     # -- history ---------------------------------------------------------------------------------------
     def _bump(self) -> int:
@@ -289,7 +292,10 @@ class Mailbox:
     def _record(self, kind: str, msg: Message, label_ids: list[str] | None = None) -> None:
         hid = self._bump()
         msg.history_id = hid
-        self.history.append(HistoryRecord(hid, time.time(), kind, msg.brief(), list(label_ids or [])))
+        record = HistoryRecord(hid, time.time(), kind, msg.brief(), list(label_ids or []))
+        self.history.append(record)
+        if self.on_record is not None:
+            self.on_record(self, record)
 
     def oldest_valid_start(self) -> int:
         """The smallest startHistoryId still answered; drops records that left the retention window."""

@@ -25,11 +25,10 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 import flask
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
 from markupsafe import escape
 
 from .control import Control, InjectedFault
+from .google_keys import GoogleKeys
 
 USERINFO_EMAIL = "https://www.googleapis.com/auth/userinfo.email"
 USERINFO_PROFILE = "https://www.googleapis.com/auth/userinfo.profile"
@@ -232,6 +231,13 @@ def _error_page(status: int, error: str, message: str) -> flask.Response:
     return flask.Response(html, status=status, mimetype="text/html")
 
 
+def _certs(body: dict[str, Any]) -> flask.Response:
+    """Google's certificate endpoints are cacheable for hours; verifiers honour max-age."""
+    resp = flask.jsonify(body)
+    resp.headers["Cache-Control"] = "public, max-age=21600, must-revalidate, no-transform"
+    return resp
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -246,6 +252,7 @@ class OAuthSandbox:
         issuer: str = GOOGLE_ISSUER,
         code_lifetime_s: int = 600,
         max_refresh_tokens: int = 100,
+        keys: GoogleKeys | None = None,
     ):
         self.control = control
         self.issuer = issuer
@@ -253,8 +260,7 @@ class OAuthSandbox:
         self.max_refresh_tokens = max_refresh_tokens
         self._initial = (list(clients), int(access_token_lifetime_s), default_email)
         self._lock = threading.RLock()
-        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._kid = secrets.token_hex(20)
+        self.keys = keys if keys is not None else GoogleKeys()
         self.clients: dict[str, Client] = {}
         self.reset()
 
@@ -439,9 +445,7 @@ class OAuthSandbox:
             ]
 
     def jwks(self) -> dict[str, Any]:
-        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self._signing_key.public_key(), as_dict=True)
-        jwk.update({"kid": self._kid, "use": "sig", "alg": "RS256"})
-        return {"keys": [jwk]}
+        return self.keys.jwks()
 
     # ----------------------------------------------------------------------- issuing
 
@@ -488,7 +492,7 @@ class OAuthSandbox:
             claims.update(email=email, email_verified=True)
         if nonce:
             claims["nonce"] = nonce
-        return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
+        return self.keys.sign(claims)
 
     def _token_response(
         self, access: AccessToken, refresh: RefreshToken | None, client_id: str, nonce: str | None
@@ -531,7 +535,8 @@ class OAuthSandbox:
         bp.add_url_rule(
             "/oauth2/v3/tokeninfo", view_func=self._tokeninfo, methods=["GET", "POST"], endpoint="ti3"
         )
-        bp.add_url_rule("/oauth2/v3/certs", view_func=lambda: flask.jsonify(self.jwks()), endpoint="certs")
+        bp.add_url_rule("/oauth2/v3/certs", view_func=lambda: _certs(self.jwks()), endpoint="certs")
+        bp.add_url_rule("/oauth2/v1/certs", view_func=lambda: _certs(self.keys.certs_v1()), endpoint="certs_v1")
         bp.add_url_rule("/.well-known/openid-configuration", view_func=self._discovery)
         return bp
 

@@ -1,8 +1,9 @@
 """Start every stand-in in background threads: :func:`start_sandbox`.
 
-One Google HTTP server hosts OAuth (authorize, token, revoke, userinfo, tokeninfo), the Gmail API
-blueprint and the control API under ``/_sandbox/``; Cloud KMS is a plaintext gRPC server; Clerk is a
-second HTTP server.
+One Google HTTP server hosts OAuth (authorize, token, revoke, userinfo, tokeninfo, certificates), the
+Gmail API blueprint and the control API under ``/_sandbox/``; Cloud Pub/Sub push delivery runs on
+background threads (one per push subscription); Cloud KMS is a plaintext gRPC server; Clerk is a second
+HTTP server.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from .clerk import ClerkSandbox
 from .control import Control
+from .google_keys import GoogleKeys
 from .kms import KEY_RE, KmsSandbox
 from .oauth import OAuthSandbox
+from .pubsub import PubSubSandbox, PushConfig
 
 log = logging.getLogger("coffeeping_sandbox")
 
@@ -252,6 +255,147 @@ def control_blueprint(sb: Sandbox) -> flask.Blueprint:
         sb.kms.auto_create = _get(_body(), "enabled", bool, required=True)
         return flask.jsonify({"ok": True})
 
+    # ---- Google's signing keys (id_tokens and Pub/Sub OIDC tokens)
+    @bp.post("/google-keys/rotate")
+    def google_keys_rotate() -> Any:
+        kid = sb.keys.rotate(keep_old=_get(_body(), "keep_old", bool, True))
+        return flask.jsonify({"kid": kid, "kids": sb.keys.kids()})
+
+    # ---- Cloud Pub/Sub
+    def pubsub_call(fn: Callable[[], Any]) -> Any:
+        """Run a Pub/Sub stand-in call: its result as JSON ({"ok": true} for None), 404 or 400."""
+        try:
+            result = fn()
+        except LookupError as err:
+            return flask.jsonify({"error": "not_found", "message": str(err).strip("'\"")}), 404
+        except (ValueError, TypeError) as err:
+            raise ControlError(str(err)) from None
+        return flask.jsonify(result if result is not None else {"ok": True})
+
+    @bp.get("/pubsub/topics")
+    def pubsub_topics() -> Any:
+        return flask.jsonify({"topics": sb.pubsub.topics()})
+
+    @bp.post("/pubsub/topics")
+    def pubsub_create_topic() -> Any:
+        data = _body()
+        name = _get(data, "name", str, required=True)
+        gmail_publisher = _get(data, "gmail_publisher", bool, True)
+        return pubsub_call(lambda: sb.pubsub.create_topic(name, gmail_publisher=gmail_publisher))
+
+    @bp.post("/pubsub/topics/gmail-publisher")
+    def pubsub_gmail_publisher() -> Any:
+        data = _body()
+        name = _get(data, "name", str, required=True)
+        granted = _get(data, "granted", bool, required=True)
+        return pubsub_call(lambda: sb.pubsub.set_gmail_publisher(name, granted))
+
+    @bp.post("/pubsub/topics/delete")
+    def pubsub_delete_topic() -> Any:
+        name = _get(_body(), "name", str, required=True)
+        return pubsub_call(lambda: sb.pubsub.delete_topic(name))
+
+    @bp.get("/pubsub/subscriptions")
+    def pubsub_subscriptions() -> Any:
+        return flask.jsonify({"subscriptions": sb.pubsub.subscriptions()})
+
+    @bp.post("/pubsub/subscriptions")
+    def pubsub_create_subscription() -> Any:
+        data = _body()
+        args = (
+            _get(data, "name", str, required=True),
+            _get(data, "topic", str, required=True),
+            _get(data, "endpoint", str, required=True),
+        )
+        options = {
+            "audience": _get(data, "audience", str),
+            "service_account": _get(data, "service_account", str),
+            "ack_deadline_s": _get(data, "ack_deadline_s", (int, float), 10.0),
+            "min_backoff_s": _get(data, "min_backoff_s", (int, float)),
+            "max_backoff_s": _get(data, "max_backoff_s", (int, float)),
+            "max_attempts": _get(data, "max_attempts", int),
+        }
+        return pubsub_call(lambda: sb.pubsub.create_push_subscription(*args, **options))
+
+    @bp.post("/pubsub/subscriptions/delete")
+    def pubsub_delete_subscription() -> Any:
+        name = _get(_body(), "name", str, required=True)
+        return pubsub_call(lambda: sb.pubsub.delete_subscription(name))
+
+    @bp.post("/pubsub/faults")
+    def pubsub_faults() -> Any:
+        data = dict(_body())
+        name = _get(data, "subscription", str, required=True)
+        data.pop("subscription")
+        return pubsub_call(lambda: {"faults": sb.pubsub.set_faults(name, **data)})
+
+    @bp.delete("/pubsub/faults")
+    def pubsub_clear_faults() -> Any:
+        name = flask.request.args.get("subscription") or None
+        return pubsub_call(lambda: sb.pubsub.clear_faults(name))
+
+    @bp.get("/pubsub/deliveries")
+    def pubsub_deliveries() -> Any:
+        args = flask.request.args
+        sub = args.get("subscription") or None
+        if "count" not in args:
+            return pubsub_call(lambda: {"deliveries": sb.pubsub.deliveries(sub)})
+        try:
+            count = int(args["count"])
+            timeout = min(float(args.get("timeout_s", "5")), 60.0)
+        except ValueError:
+            raise ControlError("count and timeout_s must be numbers") from None
+        outcome = args.get("outcome", "ack") or None
+        try:
+            entries = sb.pubsub.wait_for_deliveries(sub, count, None if outcome == "any" else outcome, timeout)
+        except LookupError as err:
+            return flask.jsonify({"error": "not_found", "message": str(err).strip("'\"")}), 404
+        except TimeoutError as err:
+            return flask.jsonify(
+                {"error": "timeout", "message": str(err)[:500], "deliveries": sb.pubsub.deliveries(sub)}
+            ), 408
+        return flask.jsonify({"deliveries": entries})
+
+    @bp.get("/pubsub/messages")
+    def pubsub_messages() -> Any:
+        return flask.jsonify({"messages": sb.pubsub.messages(flask.request.args.get("topic") or None)})
+
+    @bp.post("/pubsub/publish")
+    def pubsub_publish() -> Any:
+        data = _body()
+        payload = data.get("data")
+        if not isinstance(payload, str | dict):
+            raise ControlError("data must be a string or a JSON object")
+        attributes = _get(data, "attributes", dict)
+        if attributes is not None and not all(isinstance(v, str) for v in attributes.values()):
+            raise ControlError("attributes must map strings to strings")
+        topic = _get(data, "topic", str, required=True)
+        return pubsub_call(lambda: {"messageIds": [sb.pubsub.publish(topic, payload, attributes)]})
+
+    @bp.post("/pubsub/oidc-token")
+    def pubsub_oidc_token() -> Any:
+        data = _body()
+        omit = _str_list(data, "omit") or ()
+        token = sb.pubsub.mint_oidc_token(
+            _get(data, "audience", str, required=True),
+            _get(data, "email", str, required=True),
+            email_verified=_get(data, "email_verified", bool, True),
+            issuer=_get(data, "issuer", str, "https://accounts.google.com"),
+            lifetime_s=_get(data, "lifetime_s", int, 3600),
+            iat=_get(data, "iat", int),
+            sub=_get(data, "sub", str),
+            claims=_get(data, "claims", dict),
+            omit=omit,
+            forged=_get(data, "forged", bool, False),
+            kid=_get(data, "kid", str),
+        )
+        return flask.jsonify({"token": token})
+
+    @bp.post("/pubsub/wait-idle")
+    def pubsub_wait_idle() -> Any:
+        seconds = _get(_body(), "timeout_s", (int, float), 5.0)
+        return flask.jsonify({"idle": sb.pubsub.wait_idle(min(float(seconds), 60.0))})
+
     return bp
 
 
@@ -279,6 +423,8 @@ class Sandbox:
     kms: KmsSandbox
     clerk: ClerkSandbox
     gmail: Any  # GmailSandbox, or None until the Gmail stand-in exists
+    pubsub: PubSubSandbox
+    keys: GoogleKeys  # Google's signing keys: id_tokens and Pub/Sub OIDC tokens
     google_url: str = ""
     kms_addr: str = ""
     clerk_url: str = ""
@@ -291,6 +437,8 @@ class Sandbox:
         """Forget all state (grants, keys, messages, faults, logs) but keep ports and configuration."""
         self.control.reset()
         self.control.set_latency(self.base_latency_s)
+        self.pubsub.reset()
+        self.keys.reset()
         self.oauth.reset()
         self.kms.reset()
         self.clerk.reset()
@@ -300,7 +448,12 @@ class Sandbox:
             fn()
 
     def counters(self) -> dict[str, Any]:
-        return {"oauth": self.oauth.counters(), "kms": self.kms.counts(), "clerk": self.clerk.stats()}
+        return {
+            "oauth": self.oauth.counters(),
+            "kms": self.kms.counts(),
+            "clerk": self.clerk.stats(),
+            "pubsub": self.pubsub.stats(),
+        }
 
     def endpoints(self) -> dict[str, str]:
         return {
@@ -309,18 +462,24 @@ class Sandbox:
             "oauth token": self.google_url + "/token",
             "oauth revoke": self.google_url + "/revoke",
             "oauth userinfo": self.google_url + "/oauth2/v3/userinfo",
+            "google certs (PEM, Pub/Sub OIDC + id_token)": self.google_url + "/oauth2/v1/certs",
             "gmail api": (
                 self.google_url + "/gmail/v1/users/me"
                 if self.gmail is not None
                 else f"(unavailable: {self.gmail_error})"
             ),
             "control api": self.google_url + "/_sandbox/",
+            **{
+                f"pubsub push {s['name']}": f"{s['topic']} -> {s['pushConfig']['pushEndpoint']}"
+                for s in self.pubsub.subscriptions()
+            },
             "cloud kms (plaintext gRPC)": self.kms_addr,
             "clerk jwks": self.clerk_url + "/.well-known/jwks.json",
             "clerk control": self.clerk_url + "/_sandbox/",
         }
 
     def stop(self) -> None:
+        self.pubsub.stop()
         for srv in self._servers:
             srv.stop()
         self._servers.clear()
@@ -362,16 +521,29 @@ def start_sandbox(
     kms_keys: list[str] | tuple = (),
     kms_auto_create: bool = True,
     default_email: str = "sandbox.user@gmail.com",
+    pubsub_topics: list[str] | tuple = (),
+    pubsub_push: list[PushConfig] | tuple = (),
+    push_min_backoff_s: float = 0.1,
+    push_max_backoff_s: float = 2.0,
 ) -> Sandbox:
-    """Start Google (HTTP), KMS (gRPC) and Clerk (HTTP) stand-ins; port 0 picks a free port."""
+    """Start Google (HTTP), KMS (gRPC) and Clerk (HTTP) stand-ins; port 0 picks a free port.
+
+    ``pubsub_topics`` are registered with Gmail's publish permission; each :class:`PushConfig` in
+    ``pubsub_push`` registers its topic the same way and creates its push subscription. Both are
+    configuration: :meth:`Sandbox.reset` re-creates them.
+    """
     control = Control()
+    keys = GoogleKeys()
     oauth = OAuthSandbox(
-        control, clients, access_token_lifetime_s=access_token_lifetime_s, default_email=default_email
+        control, clients, access_token_lifetime_s=access_token_lifetime_s, default_email=default_email, keys=keys
+    )
+    pubsub = PubSubSandbox(
+        keys, pubsub_topics, pubsub_push, min_backoff_s=push_min_backoff_s, max_backoff_s=push_max_backoff_s
     )
     gmail, gmail_error = None, GMAIL_IMPORT_ERROR
     if GmailSandbox is not None:
         try:
-            gmail, gmail_error = GmailSandbox(oauth.token_info, control), None
+            gmail, gmail_error = GmailSandbox(oauth.token_info, control, pubsub=pubsub), None
         except Exception as err:  # see google_app
             log.exception("Gmail stand-in failed to start; serving without it")
             gmail_error = f"{type(err).__name__}: {err}"
@@ -382,6 +554,8 @@ def start_sandbox(
         kms=KmsSandbox(control, kms_keys, auto_create=kms_auto_create),
         clerk=ClerkSandbox(control, issuer=clerk_issuer),
         gmail=gmail,
+        pubsub=pubsub,
+        keys=keys,
         base_latency_s=latency_ms / 1000.0,
         gmail_error=gmail_error,
     )

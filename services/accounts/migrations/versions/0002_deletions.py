@@ -17,8 +17,6 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 # Kept in step with ``coffeeping_accounts.deletions.subject_hash``.
 _SUBJECT = "encode(sha256(convert_to('coffeeping-deletion:' || current_setting('app.user_id', true), 'UTF8')), 'hex')"

@@ -34,7 +34,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, delete, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx, validate_user_id
@@ -140,6 +140,8 @@ def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key:
                 insert(deletions)
                 .values(deletion_id=uuid.uuid4(), subject_hash=subject, user_id=user_id, source=source,
                         state="in_progress")
+                # The partial unique index's predicate, as text: a literal, not a bound parameter, or
+                # PostgreSQL cannot infer the arbiter index from a generic plan of a prepared statement.
                 .on_conflict_do_nothing(index_elements=["subject_hash"], index_where=text("state <> 'completed'"))
                 .returning(deletions.c.deletion_id)
             ).scalar_one_or_none()
@@ -223,12 +225,12 @@ def make_handler(tombstone_key: bytes) -> Handler:
                 deletion_steps.c.state != "done")
         if isinstance(report, ev.AccountPurged):
             conn.execute(update(deletion_steps).where(*step)
-                         .values(state="done", error="", note=_note(report), updated_at=text("now()")))
+                         .values(state="done", error="", note=_note(report), updated_at=func.now()))
             log.info("deletion step done", extra={"deletion_id": str(deletion_id), "service": service})
         else:
             error = (report.error or "failed")[:200]
             conn.execute(update(deletion_steps).where(*step)
-                         .values(state="failed", error=error, updated_at=text("now()")))
+                         .values(state="failed", error=error, updated_at=func.now()))
             log.warning("deletion step failed", extra={"deletion_id": str(deletion_id), "service": service})
         _advance(conn, deletion_id, user_id, tombstone_key)
 
@@ -255,7 +257,7 @@ def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str, tombstone_k
         conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == VAULT)
-            .values(state="running", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
+            .values(state="running", attempts=deletion_steps.c.attempts + 1, updated_at=func.now())
         )
         states[VAULT] = "running"
         log.info("grant revocation requested", extra={"deletion_id": str(deletion_id)})
@@ -266,12 +268,12 @@ def _advance(conn: Connection, deletion_id: uuid.UUID, user_id: str, tombstone_k
         conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service == ACCOUNTS)
-            .values(state="done", attempts=deletion_steps.c.attempts + 1, error="", updated_at=text("now()"))
+            .values(state="done", attempts=deletion_steps.c.attempts + 1, error="", updated_at=func.now())
         )
         conn.execute(
             update(deletions)
             .where(deletions.c.deletion_id == deletion_id)
-            .values(state="completed", completed_at=text("now()"), user_id=None)
+            .values(state="completed", completed_at=func.now(), user_id=None)
         )
         log.info("account deletion completed", extra={"deletion_id": str(deletion_id)})
         return
@@ -289,11 +291,10 @@ def mark_overdue(engine: Engine, deadline_s: float) -> int:
         marked = conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.state == "running",
-                   deletion_steps.c.updated_at < text("now() - make_interval(secs => :deadline)"))
+                   deletion_steps.c.updated_at < func.now() - dt.timedelta(seconds=float(deadline_s)))
             .values(state="failed", error="no report within the deadline; an operator can retry it",
-                    updated_at=text("now()"))
-            .returning(deletion_steps.c.deletion_id, deletion_steps.c.service),
-            {"deadline": float(deadline_s)},
+                    updated_at=func.now())
+            .returning(deletion_steps.c.deletion_id, deletion_steps.c.service)
         ).all()
         for deletion_id in {row.deletion_id for row in marked}:
             conn.execute(
@@ -349,7 +350,7 @@ def _restart(conn: Connection, deletion_id: uuid.UUID, user_id: str,
         conn.execute(
             update(deletion_steps)
             .where(deletion_steps.c.deletion_id == deletion_id, deletion_steps.c.service.in_(again))
-            .values(state="running", error="", attempts=deletion_steps.c.attempts + 1, updated_at=text("now()"))
+            .values(state="running", error="", attempts=deletion_steps.c.attempts + 1, updated_at=func.now())
         )
         conn.execute(update(deletions).where(deletions.c.deletion_id == deletion_id).values(state="in_progress"))
     return again

@@ -41,7 +41,11 @@ class Settings(TlsSettings):
     watcher_addr: str = setting("REPLY_WATCHER_GRPC_ADDR", host_port, default="127.0.0.1:50054")
     rpc_timeout_s: int = setting("GATEWAY_RPC_TIMEOUT_S", integer(1, 600), default=30)
     log_level: str = setting("LOG_LEVEL", default="INFO")
-    gmail_push_token: str = setting("GMAIL_PUSH_TOKEN", default="", secret=True)
+    # Gmail push (Cloud Pub/Sub push subscription with OIDC authentication): off unless both are set.
+    gmail_push_audience: str = setting("GMAIL_PUSH_AUDIENCE", default="")
+    gmail_push_service_account: str = setting("GMAIL_PUSH_SERVICE_ACCOUNT", default="")
+    google_oidc_certs_url: str = setting("GOOGLE_OIDC_CERTS_URL", url,
+                                         default="https://www.googleapis.com/oauth2/v1/certs")
 
     def __post_init__(self) -> None:
         # Without allowed parties a session token minted for any other Clerk frontend would be accepted;

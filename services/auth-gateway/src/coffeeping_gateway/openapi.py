@@ -23,7 +23,7 @@ def _paths() -> dict[str, Any]:
                 responses.setdefault("414", {"$ref": "#/components/responses/UriTooLong"})
             if "requestBody" in operation:
                 responses.setdefault("413", {"$ref": "#/components/responses/ContentTooLarge"})
-            if "401" not in responses:
+            if "security" in operation:  # public, or authenticated otherwise than by a Clerk session
                 continue
             if path not in _NOT_GONE:
                 responses.setdefault("410", {"$ref": "#/components/responses/AccountDeleted"})
@@ -46,7 +46,11 @@ def document() -> dict[str, Any]:
         "security": [{"clerkSession": []}],
         "paths": _paths(),
         "components": {
-            "securitySchemes": {"clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "clerkSession": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "pubsubOidc": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                               "description": "Google-signed OIDC token of the Pub/Sub push subscription"},
+            },
             "schemas": views.schemas(),
             "responses": {
                 "Unauthorized": {

@@ -131,6 +131,24 @@ class Export(Output):
     complete: bool
 
 
+class PushMessage(Input):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    data: str = Field(min_length=1, max_length=4096, description="base64 of the Gmail notification JSON "
+                      "{emailAddress, historyId}")
+    messageId: str | None = None  # noqa: N815 - Pub/Sub's name
+    publishTime: str | None = None  # noqa: N815 - Pub/Sub's name
+
+
+class PushEnvelope(Input):
+    """A Cloud Pub/Sub push request (other fields Pub/Sub adds are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    message: PushMessage
+    subscription: str | None = None
+
+
 class Health(Output):
     status: Literal["ok", "unavailable"]
     dependencies: dict[str, Literal["ok", "down"]] = Field(
@@ -269,5 +287,5 @@ class SequencePage(Output):
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
 
 
-MODELS = (Problem, Me, GmailConnect, DeleteAccountInput, DeletionStatus, DeletionAccepted, Export, Health,
+MODELS = (Problem, Me, PushEnvelope, GmailConnect, DeleteAccountInput, DeletionStatus, DeletionAccepted, Export, Health,
           ContactInput, Contact, ContactPage, ImportResult, SequenceInput, SendInput, Sequence, SequencePage)

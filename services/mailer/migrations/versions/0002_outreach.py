@@ -7,10 +7,10 @@ Create Date: 2026-11-29
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import RLS_OWNER_OR_SYSTEM_V1, RLS_OWNER_V1, render
+
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -123,48 +123,12 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX draft_deletions_due_idx ON mailer.draft_deletions (not_before)")
-    # Frozen 2026-12-01: coffeeping.common.db.rls_statements("mailer", t), t: contacts, sequences, steps.
-    op.execute("ALTER TABLE mailer.contacts ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE mailer.contacts FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS contacts_owner ON mailer.contacts")
-    op.execute(
-        "CREATE POLICY contacts_owner ON mailer.contacts "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
-    op.execute("ALTER TABLE mailer.sequences ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE mailer.sequences FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS sequences_owner ON mailer.sequences")
-    op.execute(
-        "CREATE POLICY sequences_owner ON mailer.sequences "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
-    op.execute("ALTER TABLE mailer.steps ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE mailer.steps FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS steps_owner ON mailer.steps")
-    op.execute(
-        "CREATE POLICY steps_owner ON mailer.steps "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
-    # Frozen 2026-12-01: coffeeping.common.db.rls_statements("mailer", t, system_access=True), t: jobs, draft_deletions.
-    op.execute("ALTER TABLE mailer.jobs ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE mailer.jobs FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS jobs_owner ON mailer.jobs")
-    op.execute(
-        "CREATE POLICY jobs_owner ON mailer.jobs "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
-    op.execute("ALTER TABLE mailer.draft_deletions ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE mailer.draft_deletions FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS draft_deletions_owner ON mailer.draft_deletions")
-    op.execute(
-        "CREATE POLICY draft_deletions_owner ON mailer.draft_deletions "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
+    for table in ("contacts", "sequences", "steps"):
+        for statement in render(RLS_OWNER_V1, schema="mailer", table=table):
+            op.execute(statement)
+    for table in ("jobs", "draft_deletions"):
+        for statement in render(RLS_OWNER_OR_SYSTEM_V1, schema="mailer", table=table):
+            op.execute(statement)
 
 
 def downgrade() -> None:

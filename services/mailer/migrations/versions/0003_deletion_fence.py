@@ -8,10 +8,10 @@ Create Date: 2026-11-30
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import TOMBSTONES_DROP_V1, TOMBSTONES_V1, render
+
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 _SYSTEM = "user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system'"
 
@@ -20,9 +20,8 @@ def upgrade() -> None:
     # Non-identifying marks of fenced and deleted accounts (HMAC-SHA256 of the user id under
     # TOMBSTONE_KEY): nothing is sent, drafted or written for a buried user. No user_id column, so no
     # row-level security.
-    op.execute(
-        "CREATE TABLE mailer.tombstones (subject bytea PRIMARY KEY, buried_at timestamptz NOT NULL DEFAULT now())"
-    )
+    for statement in render(TOMBSTONES_V1, schema="mailer"):
+        op.execute(statement)
     # An account purge whose rows are gone and whose Gmail drafts are still being removed; it reports
     # ``account.purged`` when the last draft is removed or given up.
     op.execute(
@@ -55,4 +54,5 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE mailer.draft_deletions DROP COLUMN {column}")
     op.execute("ALTER TABLE mailer.draft_deletions ALTER COLUMN draft_id SET NOT NULL")
     op.execute("DROP TABLE mailer.purges")
-    op.execute("DROP TABLE mailer.tombstones")
+    for statement in render(TOMBSTONES_DROP_V1, schema="mailer"):
+        op.execute(statement)

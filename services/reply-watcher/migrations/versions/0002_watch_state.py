@@ -8,10 +8,10 @@ Create Date: 2026-11-29
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import RLS_OWNER_OR_SYSTEM_V1, RLS_OWNER_V1, render
+
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 _OUTCOMES = "'reply', 'bounce', 'takeover', 'own', 'self', 'pending_sent', 'gone'"
 
@@ -80,40 +80,11 @@ def upgrade() -> None:
     op.execute(
         "CREATE INDEX seen_messages_pending_idx ON watcher.seen_messages (user_id) WHERE outcome = 'pending_sent'"
     )
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("watcher", "mailboxes", system_access=True).
-    op.execute("ALTER TABLE watcher.mailboxes ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE watcher.mailboxes FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS mailboxes_owner ON watcher.mailboxes")
-    op.execute(
-        "CREATE POLICY mailboxes_owner ON watcher.mailboxes "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
-    # Frozen 2026-12-01: coffeeping.common.db.rls_statements("watcher", t), t: watches, sent_messages, seen_messages.
-    op.execute("ALTER TABLE watcher.watches ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE watcher.watches FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS watches_owner ON watcher.watches")
-    op.execute(
-        "CREATE POLICY watches_owner ON watcher.watches "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
-    op.execute("ALTER TABLE watcher.sent_messages ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE watcher.sent_messages FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS sent_messages_owner ON watcher.sent_messages")
-    op.execute(
-        "CREATE POLICY sent_messages_owner ON watcher.sent_messages "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
-    op.execute("ALTER TABLE watcher.seen_messages ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE watcher.seen_messages FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS seen_messages_owner ON watcher.seen_messages")
-    op.execute(
-        "CREATE POLICY seen_messages_owner ON watcher.seen_messages "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
+    for statement in render(RLS_OWNER_OR_SYSTEM_V1, schema="watcher", table="mailboxes"):
+        op.execute(statement)
+    for table in ("watches", "sent_messages", "seen_messages"):
+        for statement in render(RLS_OWNER_V1, schema="watcher", table=table):
+            op.execute(statement)
 
 
 def downgrade() -> None:

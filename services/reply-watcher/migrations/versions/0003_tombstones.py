@@ -7,19 +7,19 @@ Create Date: 2026-11-30
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import TOMBSTONES_DROP_V1, TOMBSTONES_V1, render
+
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
     # Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id under TOMBSTONE_KEY): every
     # consumer and write path refuses a buried user. No user_id column, so no row-level security.
-    op.execute(
-        "CREATE TABLE watcher.tombstones (subject bytea PRIMARY KEY, buried_at timestamptz NOT NULL DEFAULT now())"
-    )
+    for statement in render(TOMBSTONES_V1, schema="watcher"):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE watcher.tombstones")
+    for statement in render(TOMBSTONES_DROP_V1, schema="watcher"):
+        op.execute(statement)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx
@@ -249,15 +249,20 @@ def claim_due(engine: Engine, limit: int, lease_s: float) -> list[str]:
     so other watcher processes skip them (and take them again if this one dies mid-poll)."""
     if limit <= 0:
         return []
+    due = (
+        select(mailboxes.c.user_id)
+        .where(~mailboxes.c.paused, mailboxes.c.due_at <= func.now())
+        .order_by(mailboxes.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
     with system_tx(engine) as conn:
         rows = conn.execute(
-            text(
-                f"WITH due AS (SELECT user_id FROM {SCHEMA}.mailboxes WHERE NOT paused AND due_at <= now() "
-                "ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED) "
-                f"UPDATE {SCHEMA}.mailboxes m SET due_at = now() + make_interval(secs => :lease) "
-                "FROM due WHERE m.user_id = due.user_id RETURNING m.user_id"
-            ),
-            {"n": limit, "lease": lease_s},
+            update(mailboxes)
+            .where(mailboxes.c.user_id == due.c.user_id)
+            .values(due_at=func.now() + dt.timedelta(seconds=lease_s))
+            .returning(mailboxes.c.user_id)
         ).all()
     return [r.user_id for r in rows]
 
@@ -266,7 +271,7 @@ def next_due_in(engine: Engine) -> float | None:
     """Seconds until the next mailbox falls due (None when none is watched)."""
     with system_tx(engine) as conn:
         value = conn.execute(
-            text(f"SELECT extract(epoch FROM min(due_at) - now()) FROM {SCHEMA}.mailboxes WHERE NOT paused")
+            select(func.extract("epoch", func.min(mailboxes.c.due_at) - func.now())).where(~mailboxes.c.paused)
         ).scalar()
     return None if value is None else max(0.0, float(value))
 

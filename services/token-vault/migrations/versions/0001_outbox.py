@@ -7,60 +7,17 @@ Create Date: 2026-11-29
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import OUTBOX_INBOX_DROP_V1, OUTBOX_INBOX_V1, render
+
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
-    # Frozen 2026-12-01: the SQL of coffeeping.common.messaging.outbox_ddl("vault").
-    op.execute(
-        """CREATE TABLE IF NOT EXISTS vault.outbox (
-            id uuid PRIMARY KEY,
-            user_id text NOT NULL,
-            routing_key text NOT NULL,
-            body jsonb NOT NULL,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            published_at timestamptz NULL,
-            attempts integer NOT NULL DEFAULT 0
-        )"""
-    )
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON vault.outbox (created_at, id) "
-        "WHERE published_at IS NULL"
-    )
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS outbox_published_idx ON vault.outbox (published_at) "
-        "WHERE published_at IS NOT NULL"
-    )
-    op.execute(
-        """CREATE TABLE IF NOT EXISTS vault.inbox (
-            event_id uuid PRIMARY KEY,
-            user_id text NOT NULL,
-            processed_at timestamptz NOT NULL DEFAULT now()
-        )"""
-    )
-    op.execute("CREATE INDEX IF NOT EXISTS inbox_processed_idx ON vault.inbox (processed_at)")
-    op.execute("ALTER TABLE vault.outbox ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.outbox FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS outbox_owner ON vault.outbox")
-    op.execute(
-        "CREATE POLICY outbox_owner ON vault.outbox "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
-    op.execute("ALTER TABLE vault.inbox ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.inbox FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS inbox_owner ON vault.inbox")
-    op.execute(
-        "CREATE POLICY inbox_owner ON vault.inbox "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
+    for statement in render(OUTBOX_INBOX_V1, schema="vault"):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    # Frozen 2026-12-01: the SQL of coffeeping.common.messaging.outbox_drop_ddl("vault").
-    op.execute("DROP TABLE IF EXISTS vault.inbox")
-    op.execute("DROP TABLE IF EXISTS vault.outbox")
+    for statement in render(OUTBOX_INBOX_DROP_V1, schema="vault"):
+        op.execute(statement)

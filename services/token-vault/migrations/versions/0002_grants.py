@@ -7,10 +7,10 @@ Create Date: 2026-11-30
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import RLS_OWNER_OR_SYSTEM_V1, RLS_OWNER_V1, render
+
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -32,15 +32,8 @@ def upgrade() -> None:
     )
     op.execute("CREATE INDEX data_keys_user_idx ON vault.data_keys (user_id)")
     # The re-wrap job walks every data key across users; a wrapped key is useless without KMS.
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "data_keys", system_access=True).
-    op.execute("ALTER TABLE vault.data_keys ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.data_keys FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS data_keys_owner ON vault.data_keys")
-    op.execute(
-        "CREATE POLICY data_keys_owner ON vault.data_keys "
-        "USING (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system') "
-        "WITH CHECK (user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system')"
-    )
+    for statement in render(RLS_OWNER_OR_SYSTEM_V1, schema="vault", table="data_keys"):
+        op.execute(statement)
 
     # One grant per user. Tokens are AES-256-GCM ciphertexts under the grant's data key, bound by
     # associated data to (user, grant, field, format version).
@@ -64,15 +57,8 @@ def upgrade() -> None:
         )
         """
     )
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "grants").
-    op.execute("ALTER TABLE vault.grants ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.grants FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS grants_owner ON vault.grants")
-    op.execute(
-        "CREATE POLICY grants_owner ON vault.grants "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
+    for statement in render(RLS_OWNER_V1, schema="vault", table="grants"):
+        op.execute(statement)
 
     # Who did what, when, with what outcome; never a token.
     op.execute(
@@ -89,15 +75,8 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX audit_user_idx ON vault.audit (user_id, at)")
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "audit").
-    op.execute("ALTER TABLE vault.audit ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.audit FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS audit_owner ON vault.audit")
-    op.execute(
-        "CREATE POLICY audit_owner ON vault.audit "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
+    for statement in render(RLS_OWNER_V1, schema="vault", table="audit"):
+        op.execute(statement)
 
     # OAuth state nonces already used at the gateway (single use across workers and processes).
     op.execute(
@@ -111,15 +90,8 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX state_nonces_user_idx ON vault.state_nonces (user_id, expires_at)")
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "state_nonces").
-    op.execute("ALTER TABLE vault.state_nonces ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.state_nonces FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS state_nonces_owner ON vault.state_nonces")
-    op.execute(
-        "CREATE POLICY state_nonces_owner ON vault.state_nonces "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
+    for statement in render(RLS_OWNER_V1, schema="vault", table="state_nonces"):
+        op.execute(statement)
 
 
 def downgrade() -> None:

@@ -7,10 +7,10 @@ Create Date: 2026-12-01
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import RLS_OWNER_V1, render
+
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -32,15 +32,8 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX scoped_tokens_grant_idx ON vault.scoped_tokens (grant_id)")
-    # Frozen 2026-12-01: the SQL of coffeeping.common.db.rls_statements("vault", "scoped_tokens").
-    op.execute("ALTER TABLE vault.scoped_tokens ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE vault.scoped_tokens FORCE ROW LEVEL SECURITY")
-    op.execute("DROP POLICY IF EXISTS scoped_tokens_owner ON vault.scoped_tokens")
-    op.execute(
-        "CREATE POLICY scoped_tokens_owner ON vault.scoped_tokens "
-        "USING (user_id = current_setting('app.user_id', true)) "
-        "WITH CHECK (user_id = current_setting('app.user_id', true))"
-    )
+    for statement in render(RLS_OWNER_V1, schema="vault", table="scoped_tokens"):
+        op.execute(statement)
 
     # Every vault process keeps decrypted access tokens in memory; any change to a grant or a scoped
     # token (refresh, needs_reconnect, revocation, purge, or an operator's UPDATE) tells them all to

@@ -7,10 +7,10 @@ Create Date: 2026-11-30
 
 from alembic import op
 
+from coffeeping.common.frozen_ddl import TOMBSTONES_DROP_V1, TOMBSTONES_V1, render
+
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 _SYSTEM = "user_id = current_setting('app.user_id', true) OR current_setting('app.scope', true) = 'system'"
 
@@ -18,9 +18,8 @@ _SYSTEM = "user_id = current_setting('app.user_id', true) OR current_setting('ap
 def upgrade() -> None:
     # Non-identifying marks of deleted accounts (HMAC-SHA256 of the user id under TOMBSTONE_KEY): every
     # consumer and write path refuses a buried user. No user_id column, so no row-level security.
-    op.execute(
-        "CREATE TABLE vault.tombstones (subject bytea PRIMARY KEY, buried_at timestamptz NOT NULL DEFAULT now())"
-    )
+    for statement in render(TOMBSTONES_V1, schema="vault"):
+        op.execute(statement)
     # An account deletion's revocation, kept until Google confirms it; the grant is purged in the same
     # transaction that deletes this row, never before.
     op.execute(
@@ -43,4 +42,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TABLE vault.revocations")
-    op.execute("DROP TABLE vault.tombstones")
+    for statement in render(TOMBSTONES_DROP_V1, schema="vault"):
+        op.execute(statement)

@@ -28,18 +28,21 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, exists, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime, Text
 
 from coffeeping.common.db import system_tx, user_tx
+from coffeeping_vault.models import audit
 
 log = logging.getLogger(__name__)
+
+_LOCK_PREFIX = "vault.grant:"
 
 
 def user_lock_key(user_id: str) -> str:
     """The advisory-lock key that serialises a user's grant changes, purges and audit flushes."""
-    return f"vault.grant:{user_id}"
+    return f"{_LOCK_PREFIX}{user_id}"
 
 
 @dataclass(frozen=True)
@@ -50,24 +53,24 @@ class IssueRecord:
     detail: str
 
 
-_LOCK_USERS = text(
-    "SELECT count(pg_advisory_xact_lock_shared(hashtext(k))) FROM "
-    "(SELECT DISTINCT 'vault.grant:' || u AS k FROM unnest(CAST(:users AS text[])) AS u ORDER BY 1) AS keys"
-)
+_users = bindparam("users", type_=ARRAY(Text))
+# The batch's users' lock keys (``user_lock_key``), each once and in order, so that flushes never deadlock.
+_lock_key = (literal(_LOCK_PREFIX) + func.unnest(_users).column_valued("u")).label("k")
+_keys = select(_lock_key).distinct().order_by(_lock_key).subquery("keys")
+_LOCK_USERS = select(func.count(func.pg_advisory_xact_lock_shared(func.hashtext(_keys.c.k))))
 # A second statement, so that its snapshot sees any purge that committed while we waited for the locks.
-_INSERT = text(
-    """
-    INSERT INTO vault.audit (user_id, caller, at, action, outcome, detail)
-    SELECT r.user_id, r.caller, r.at, 'token_issued', 'ok', r.detail
-    FROM unnest(CAST(:users AS text[]), CAST(:callers AS text[]), CAST(:ats AS timestamptz[]),
-                CAST(:details AS text[])) AS r (user_id, caller, at, detail)
-    WHERE EXISTS (SELECT 1 FROM vault.audit a WHERE a.user_id = r.user_id)
-    """
-).bindparams(
-    bindparam("users", type_=ARRAY(Text)),
+_records = func.unnest(
+    _users,
     bindparam("callers", type_=ARRAY(Text)),
     bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
     bindparam("details", type_=ARRAY(Text)),
+).table_valued("user_id", "caller", "at", "detail").render_derived("r")
+_trail = audit.alias("a")
+_INSERT = insert(audit).from_select(
+    ["user_id", "caller", "at", "action", "outcome", "detail"],
+    select(_records.c.user_id, _records.c.caller, _records.c.at, literal("token_issued"), literal("ok"),
+           _records.c.detail)
+    .where(exists().where(_trail.c.user_id == _records.c.user_id)),
 )
 
 
@@ -87,9 +90,8 @@ class AuditWriter:
         if not self._running:
             # No writer thread (a one-off command, or before start-up finished): write it now.
             with user_tx(self.engine, user_id) as conn:
-                conn.execute(text("INSERT INTO vault.audit (user_id, caller, at, action, outcome, detail) "
-                                  "VALUES (:u, :c, :at, 'token_issued', 'ok', :d)"),
-                             {"u": record.user_id, "c": record.caller, "at": record.at, "d": record.detail})
+                conn.execute(insert(audit).values(user_id=record.user_id, caller=record.caller, at=record.at,
+                                                  action="token_issued", outcome="ok", detail=record.detail))
             return
         with self._lock:
             if len(self._pending) >= self.max_pending:

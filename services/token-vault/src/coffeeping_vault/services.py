@@ -15,8 +15,9 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+from sqlalchemy import Connection, Engine, Select, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from coffeeping.common.db import system_tx, user_tx
@@ -28,7 +29,7 @@ from coffeeping_vault import crypto
 from coffeeping_vault.audit import AuditWriter, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
-from coffeeping_vault.models import audit, data_keys, grants, revocations, scoped_tokens, state_nonces
+from coffeeping_vault.models import audit, data_keys, grants, revocations, scoped_tokens, state_nonces, tombstones
 from coffeeping_vault.token_cache import CHANNEL, CachedToken, TokenCache
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,20 @@ def _view(row: object) -> GrantView:
     )
 
 
-_READ_TOKEN = text(
-    """
-    SELECT g.user_id, g.grant_id, g.key_id, g.email, g.scopes, g.status, g.access_ct, g.access_expires_at,
-           s.access_ct AS scoped_ct, s.access_expires_at AS scoped_expires_at,
-           EXISTS (SELECT 1 FROM vault.tombstones t WHERE t.subject = :t) AS buried
-    FROM vault.grants g
-    LEFT JOIN vault.scoped_tokens s ON s.user_id = g.user_id AND s.scope_key = :k
-    WHERE g.user_id = :u
-    """
-)
+def _read_token(user_id: str, scope_key: str, buried_as: bytes) -> Select[Any]:
+    """The grant, its token stored for ``scope_key`` and whether the user is buried (tombstone ``buried_as``)."""
+    return (
+        select(grants.c.user_id, grants.c.grant_id, grants.c.key_id, grants.c.email, grants.c.scopes, grants.c.status,
+               grants.c.access_ct, grants.c.access_expires_at,
+               scoped_tokens.c.access_ct.label("scoped_ct"),
+               scoped_tokens.c.access_expires_at.label("scoped_expires_at"),
+               exists().where(tombstones.c.subject == buried_as).label("buried"))
+        .select_from(grants.outerjoin(scoped_tokens, and_(scoped_tokens.c.user_id == grants.c.user_id,
+                                                          scoped_tokens.c.scope_key == scope_key)))
+        .where(grants.c.user_id == user_id)
+    )
+
+
 _MAX_SCOPES = 16
 
 
@@ -215,7 +220,7 @@ def _scope_detail(wanted: tuple[str, ...]) -> str:
 
 def _lock_user(conn: Connection, user_id: str) -> None:
     """Hold the user's grant lock until commit: grant changes, purges and audit flushes take turns."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": user_lock_key(user_id)})
+    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(user_lock_key(user_id)))))
 
 
 def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: str, detail: str = "") -> None:
@@ -466,8 +471,7 @@ class Vault:
 
     def _issue_if_fresh(self, user_id: str, caller: str, wanted: tuple[str, ...]) -> IssuedToken | None:
         with user_tx(self.engine, user_id) as conn:
-            row = conn.execute(_READ_TOKEN, {"u": user_id, "k": " ".join(wanted),
-                                             "t": subject(self.tombstone_key, user_id)}).first()
+            row = conn.execute(_read_token(user_id, " ".join(wanted), subject(self.tombstone_key, user_id))).first()
             if row is None or row.buried:
                 # Nothing is recorded for a user the vault holds nothing for (a deleted account stays gone,
                 # even while its grant waits for Google to confirm the revocation).
@@ -640,7 +644,7 @@ class Vault:
                      .on_conflict_do_nothing(index_elements=["user_id"]))
         # No vault process serves the user from memory after the commit (the cache trigger fires only
         # on grant changes, and the grant stays until Google confirms); this one stops at once.
-        conn.execute(text("SELECT pg_notify(:channel, :user)"), {"channel": CHANNEL, "user": user_id})
+        conn.execute(select(func.pg_notify(CHANNEL, user_id)))
         self.cache.invalidate(user_id)
         # The dedupe record of this very event names the user: it goes too (the handler is idempotent).
         forget_user(conn, SCHEMA, user_id)

@@ -128,6 +128,8 @@ class TokenCache:
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                                      application_name="token-vault-cache") as conn:
+                    # Plain SQL on purpose: LISTEN and the ping below are commands of this psycopg connection
+                    # (outside SQLAlchemy), not queries on our tables.
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._set_live(True)
                     backoff = 0.5

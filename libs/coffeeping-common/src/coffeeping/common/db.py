@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, func, select
 
 USER_SETTING = "app.user_id"
 SCOPE_SETTING = "app.scope"
@@ -66,9 +66,9 @@ def user_tx(engine: Engine, user_id: str, system: bool = False) -> Iterator[Conn
     """
     validate_user_id(user_id)
     with engine.begin() as conn:
-        conn.execute(text("SELECT set_config(:k, :v, true)"), {"k": USER_SETTING, "v": user_id})
+        conn.execute(select(func.set_config(USER_SETTING, user_id, True)))
         if system:
-            conn.execute(text("SELECT set_config(:k, 'system', true)"), {"k": SCOPE_SETTING})
+            conn.execute(select(func.set_config(SCOPE_SETTING, "system", True)))
         yield conn
 
 
@@ -79,22 +79,5 @@ def system_tx(engine: Engine) -> Iterator[Connection]:
     User tables stay closed to it: their policies look at the user setting only.
     """
     with engine.begin() as conn:
-        conn.execute(text("SELECT set_config(:k, 'system', true)"), {"k": SCOPE_SETTING})
+        conn.execute(select(func.set_config(SCOPE_SETTING, "system", True)))
         yield conn
-
-
-def rls_statements(schema: str, table: str, system_access: bool = False) -> list[str]:
-    """DDL that turns on forced row-level security for a table keyed by ``user_id``.
-
-    Used by every service's Alembic migrations so that the policy text is the same everywhere.
-    """
-    predicate = f"user_id = current_setting('{USER_SETTING}', true)"
-    if system_access:
-        predicate = f"{predicate} OR current_setting('{SCOPE_SETTING}', true) = 'system'"
-    qualified = f"{schema}.{table}"
-    return [
-        f"ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY",
-        f"ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY",
-        f"DROP POLICY IF EXISTS {table}_owner ON {qualified}",
-        f"CREATE POLICY {table}_owner ON {qualified} USING ({predicate}) WITH CHECK ({predicate})",
-    ]

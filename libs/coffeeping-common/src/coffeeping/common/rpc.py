@@ -8,12 +8,13 @@ it; the request id (``x-request-id``) is carried into the logging context.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,31 +153,30 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], guard: Callable[[grpc.Servic
         log.info("rpc", extra={"rpc_method": method, "caller": caller_var.get(), "code": outcome,
                                "ms": round((time.perf_counter() - started) * 1000, 2)})
 
+    @contextlib.contextmanager
+    def guarded(context: grpc.ServicerContext) -> Iterator[None]:
+        """The guard, then the call's body; its log line however it ends (a refusal included)."""
+        started, failed = time.perf_counter(), None
+        try:
+            guard(context)
+            yield
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            finish(context, started, failed)
+
     def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started, failed = time.perf_counter(), None
-            try:
-                guard(context)
+            with guarded(context):
                 return behavior(request, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                finish(context, started, failed)
 
         return call
 
     def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started, failed = time.perf_counter(), None
-            try:
-                guard(context)
+            with guarded(context):
                 yield from behavior(request, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                finish(context, started, failed)
 
         return call
 

@@ -3,14 +3,21 @@
 
 Each service's ``models.py`` adds them to its metadata with ``shared_tables(metadata)``; the service's
 migrations carry the same DDL frozen, and a test compares every ``models.py`` with the migrated schema.
+The library's own queries, which are handed a schema name at run time, build theirs once per schema
+with ``schema_tables(schema)``.
 """
 
 from __future__ import annotations
 
+from functools import cache
+from typing import NamedTuple
+
 from sqlalchemy import Column, DateTime, Index, Integer, LargeBinary, MetaData, Table, Text, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 
-_NOW = text("now()")
+from .db import check_schema
+
+_NOW = text("now()")  # server defaults are DDL, not queries
 
 
 def shared_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
@@ -46,4 +53,16 @@ def shared_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
     return outbox, inbox, tombstones
 
 
-__all__ = ["shared_tables"]
+class SharedTables(NamedTuple):
+    outbox: Table
+    inbox: Table
+    tombstones: Table
+
+
+@cache
+def schema_tables(schema: str) -> SharedTables:
+    """The shared tables of ``schema``, in a metadata of their own, built once per schema."""
+    return SharedTables(*shared_tables(MetaData(schema=check_schema(schema))))
+
+
+__all__ = ["SharedTables", "schema_tables", "shared_tables"]

@@ -16,10 +16,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, exists, select
+from sqlalchemy.dialects.postgresql import insert
 
 from .config import secret_text, setting
-from .db import check_schema, validate_user_id
+from .db import validate_user_id
+from .tables import schema_tables
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,14 @@ def subject(key: bytes, user_id: str) -> bytes:
 
 def bury(conn: Connection, schema: str, key: bytes, user_id: str) -> None:
     """Record (idempotently, inside the caller's transaction) that ``user_id`` is gone for good."""
-    conn.execute(
-        text(f"INSERT INTO {check_schema(schema)}.tombstones (subject) VALUES (:s) ON CONFLICT DO NOTHING"),
-        {"s": subject(key, user_id)},
-    )
+    tombstones = schema_tables(schema).tombstones
+    conn.execute(insert(tombstones).values(subject=subject(key, user_id)).on_conflict_do_nothing())
 
 
 def is_buried(conn: Connection, schema: str, key: bytes, user_id: str) -> bool:
-    found = conn.execute(
-        text(f"SELECT 1 FROM {check_schema(schema)}.tombstones WHERE subject = :s"),
-        {"s": subject(key, user_id)},
-    ).first()
-    return found is not None
+    tombstones = schema_tables(schema).tombstones
+    buried: bool = conn.execute(select(exists().where(tombstones.c.subject == subject(key, user_id)))).scalar_one()
+    return buried
 
 
 __all__ = ["TombstoneSettings", "bury", "is_buried", "subject"]

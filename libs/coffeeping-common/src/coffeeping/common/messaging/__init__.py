@@ -19,8 +19,6 @@ from .outbox import (
     OutboxRelay,
     forget_user,
     make_envelope,
-    outbox_ddl,
-    outbox_drop_ddl,
     pending_count,
     publish_in_tx,
 )
@@ -62,8 +60,6 @@ __all__ = [
     "forget_dead_letters",
     "forget_user",
     "make_envelope",
-    "outbox_ddl",
-    "outbox_drop_ddl",
     "parse_envelope",
     "parse_event",
     "pending_count",

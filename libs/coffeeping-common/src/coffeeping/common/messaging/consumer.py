@@ -46,11 +46,13 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Consumer as KombuConsumer
 from sqlalchemy import Connection as SAConnection
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
 from ..db import InvalidUserId, user_tx, validate_user_id
 from ..logging import request_context
+from ..tables import schema_tables
 from ..tombstones import is_buried
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
 from .payloads import InvalidPayload, decode_payload
@@ -163,6 +165,7 @@ class Consumer:
         self.routing_keys = [check_binding_key(k) for k in routing_keys]
         self.engine = engine
         self.schema = check_schema(schema)
+        self._inbox = schema_tables(self.schema).inbox
         self.handler = handler
         self.prefetch = int(prefetch)
         self.delivery_limit = delivery_limit
@@ -196,12 +199,11 @@ class Consumer:
             if (self.tombstone_key is not None and not event.type.startswith(SAGA_PREFIX)
                     and is_buried(conn, self.schema, self.tombstone_key, event.user_id)):
                 return "dropped"
+            inbox = self._inbox
             fresh = conn.execute(
-                text(
-                    f"INSERT INTO {self.schema}.inbox (event_id, user_id) VALUES (CAST(:id AS uuid), :u) "
-                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-                ),
-                {"id": event.id, "u": event.user_id},
+                insert(inbox).values(event_id=uuid.UUID(event.id), user_id=event.user_id)
+                .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
+                .returning(inbox.c.event_id)
             ).first()
             if fresh is None:
                 return "duplicate"

@@ -34,9 +34,11 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.messaging import Producer
 from sqlalchemy import Connection as SAConnection
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Text, Uuid, any_, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
-from ..db import rls_statements, system_tx, validate_user_id
+from ..db import system_tx, validate_user_id
+from ..tables import schema_tables
 from ._names import check_event_type, check_name, check_schema, events_exchange, notify_channel
 from .payloads import encode_payload
 from .topology import declare_events_exchange
@@ -48,40 +50,6 @@ try:  # the request id of the current request, if the logging module is there
 except ImportError:  # pragma: no cover
     def current_request_id() -> str:
         return ""
-
-
-def outbox_ddl(schema: str) -> list[str]:
-    """DDL for ``<schema>.outbox`` and ``<schema>.inbox`` (run by the schema owner in a migration)."""
-    s = check_schema(schema)
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {s}.outbox (
-            id uuid PRIMARY KEY,
-            user_id text NOT NULL,
-            routing_key text NOT NULL,
-            body jsonb NOT NULL,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            published_at timestamptz NULL,
-            attempts integer NOT NULL DEFAULT 0
-        )""",
-        f"CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON {s}.outbox (created_at, id)"
-        " WHERE published_at IS NULL",
-        f"CREATE INDEX IF NOT EXISTS outbox_published_idx ON {s}.outbox (published_at)"
-        " WHERE published_at IS NOT NULL",
-        f"""CREATE TABLE IF NOT EXISTS {s}.inbox (
-            event_id uuid PRIMARY KEY,
-            user_id text NOT NULL,
-            processed_at timestamptz NOT NULL DEFAULT now()
-        )""",
-        f"CREATE INDEX IF NOT EXISTS inbox_processed_idx ON {s}.inbox (processed_at)",
-        *rls_statements(s, "outbox", system_access=True),
-        *rls_statements(s, "inbox", system_access=True),
-    ]
-
-
-def outbox_drop_ddl(schema: str) -> list[str]:
-    """DDL that undoes ``outbox_ddl`` (Alembic downgrade)."""
-    s = check_schema(schema)
-    return [f"DROP TABLE IF EXISTS {s}.inbox", f"DROP TABLE IF EXISTS {s}.outbox"]
 
 
 def make_envelope(user_id: str, message: Message, request_id: str | None = None) -> dict[str, Any]:
@@ -111,24 +79,14 @@ def publish_in_tx(
     Call it inside ``user_tx(engine, user_id, system=True)`` or ``system_tx(engine)``. Nothing is sent
     unless the transaction commits. ``request_id`` defaults to the logging context's request id.
     """
-    s = check_schema(schema)
+    outbox = schema_tables(schema).outbox
     if not conn.in_transaction():
         raise RuntimeError("publish_in_tx needs an open transaction")
     envelope = make_envelope(user_id, message, request_id)
-    conn.execute(
-        text(
-            f"INSERT INTO {s}.outbox (id, user_id, routing_key, body) "
-            "VALUES (CAST(:id AS uuid), :user_id, :routing_key, CAST(:body AS jsonb))"
-        ),
-        {
-            "id": envelope["id"],
-            "user_id": envelope["user_id"],
-            "routing_key": envelope["type"],
-            "body": json.dumps(envelope, ensure_ascii=False, separators=(",", ":")),
-        },
-    )
+    conn.execute(insert(outbox).values(id=uuid.UUID(envelope["id"]), user_id=envelope["user_id"],
+                                       routing_key=envelope["type"], body=envelope))
     # Delivered on commit only; identical notifications in one transaction are folded into one.
-    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": notify_channel(s)})
+    conn.execute(select(func.pg_notify(notify_channel(schema), "")))
     event_id: str = envelope["id"]
     return event_id
 
@@ -140,6 +98,8 @@ class _Listener:
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5,
                                      application_name="coffeeping-outbox-listen")
+        # LISTEN is a command of this connection, not a query (psycopg, outside SQLAlchemy); ``channel``
+        # is ``notify_channel``'s, built from a checked schema name.
         self._conn.execute(f"LISTEN {channel}")
 
     def wait(self, timeout: float) -> bool:
@@ -179,6 +139,7 @@ class OutboxRelay:
     ) -> None:
         self.engine = engine
         self.schema = check_schema(schema)
+        self._outbox = schema_tables(self.schema).outbox
         self.amqp_url = amqp_url
         self.prefix = check_name(prefix, "prefix")
         self.batch_size = int(batch_size)
@@ -268,16 +229,18 @@ class OutboxRelay:
         self._retry_after = {k: v for k, v in self._retry_after.items() if v > now}
         skip = list(self._retry_after)
         s = self.schema
+        outbox = self._outbox
         published = unroutable = 0
         error: BaseException | None = None
         with system_tx(self.engine) as conn:
             rows = conn.execute(
-                text(
-                    f"SELECT id, routing_key, body::text AS body, attempts FROM {s}.outbox "
-                    "WHERE published_at IS NULL AND NOT (id = ANY(CAST(:skip AS uuid[]))) "
-                    "ORDER BY created_at, id LIMIT :n FOR UPDATE SKIP LOCKED"
-                ),
-                {"skip": skip, "n": self.batch_size},
+                # The body as PostgreSQL prints it: published as stored, byte for byte.
+                select(outbox.c.id, outbox.c.routing_key, cast(outbox.c.body, Text).label("body"), outbox.c.attempts)
+                .where(outbox.c.published_at.is_(None),
+                       ~(outbox.c.id == any_(bindparam("skip", skip, type_=ARRAY(Uuid(as_uuid=False))))))
+                .order_by(outbox.c.created_at, outbox.c.id)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
                 try:
@@ -286,21 +249,14 @@ class OutboxRelay:
                     error = exc
                     break
                 if ok and self.retention <= timedelta(0):
-                    conn.execute(text(f"DELETE FROM {s}.outbox WHERE id = :id"), {"id": row.id})
+                    conn.execute(delete(outbox).where(outbox.c.id == row.id))
                     published += 1
                 elif ok:
-                    conn.execute(
-                        text(
-                            f"UPDATE {s}.outbox SET published_at = now(), attempts = attempts + 1 "
-                            "WHERE id = :id"
-                        ),
-                        {"id": row.id},
-                    )
+                    conn.execute(update(outbox).where(outbox.c.id == row.id)
+                                 .values(published_at=func.now(), attempts=outbox.c.attempts + 1))
                     published += 1
                 else:
-                    conn.execute(
-                        text(f"UPDATE {s}.outbox SET attempts = attempts + 1 WHERE id = :id"), {"id": row.id}
-                    )
+                    conn.execute(update(outbox).where(outbox.c.id == row.id).values(attempts=outbox.c.attempts + 1))
                     unroutable += 1
                     delay = min(0.5 * 2 ** min(row.attempts, 10), 60.0)
                     self._retry_after[str(row.id)] = time.monotonic() + delay
@@ -324,13 +280,11 @@ class OutboxRelay:
     def purge_published(self) -> int:
         """Delete published rows older than ``retention``; return how many."""
         self._last_purge = time.monotonic()
+        outbox = self._outbox
+        keep = timedelta(seconds=int(self.retention.total_seconds()))
         with system_tx(self.engine) as conn:
             deleted = conn.execute(
-                text(
-                    f"DELETE FROM {self.schema}.outbox WHERE published_at IS NOT NULL "
-                    "AND published_at < now() - CAST(:keep AS interval)"
-                ),
-                {"keep": f"{int(self.retention.total_seconds())} seconds"},
+                delete(outbox).where(outbox.c.published_at.is_not(None), outbox.c.published_at < func.now() - keep)
             ).rowcount
         if deleted:
             log.info("outbox purged", extra={"schema": self.schema, "count": deleted})
@@ -392,16 +346,17 @@ def forget_user(conn: SAConnection, schema: str, user_id: str) -> None:
     idempotent anyway) and so do published outbox rows; unpublished rows stay, since they include the
     purge's own report, and the relay deletes them once the broker confirms them.
     """
-    s = check_schema(schema)
-    conn.execute(text(f"DELETE FROM {s}.inbox WHERE user_id = :u"), {"u": user_id})
-    conn.execute(text(f"DELETE FROM {s}.outbox WHERE user_id = :u AND published_at IS NOT NULL"), {"u": user_id})
+    outbox, inbox, _ = schema_tables(schema)
+    conn.execute(delete(inbox).where(inbox.c.user_id == user_id))
+    conn.execute(delete(outbox).where(outbox.c.user_id == user_id, outbox.c.published_at.is_not(None)))
 
 
 def pending_count(engine: Engine, schema: str) -> int:
     """How many outbox rows wait to be published (for health checks and tests)."""
+    outbox = schema_tables(schema).outbox
     with system_tx(engine) as conn:
         count: int = conn.execute(
-            text(f"SELECT count(*) FROM {check_schema(schema)}.outbox WHERE published_at IS NULL")
+            select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
         ).scalar_one()
         return count
 
@@ -409,8 +364,6 @@ def pending_count(engine: Engine, schema: str) -> int:
 __all__ = [
     "OutboxRelay",
     "make_envelope",
-    "outbox_ddl",
-    "outbox_drop_ddl",
     "pending_count",
     "publish_in_tx",
 ]
