@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from stack import StackConfig  # noqa: E402
-from stack_world import mint_token, running_stack  # noqa: E402
+from stack_world import cpu_seconds, mint_token, running_stack  # noqa: E402
 
 ROUTES = {
     "GET /v1/me (auth, gRPC, RLS)": ("/v1/me", True),
@@ -89,8 +89,9 @@ def _drive(host: str, port: int, path: str, tokens: list[str], start_at: float, 
 
 
 def measure(base_url: str, path: str, tokens: list[str | None], processes: int, duration: float,
-            warmup: float) -> dict[str, Any]:
-    """Warm up, then measure for ``duration`` seconds with ``len(tokens)`` connections."""
+            warmup: float, cpu: Any = None) -> dict[str, Any]:
+    """Warm up, then measure for ``duration`` seconds with ``len(tokens)`` connections; ``cpu()`` gives
+    each server process's CPU seconds so far (read before and after the measured phase)."""
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     ctx = mp.get_context("fork")
@@ -101,16 +102,20 @@ def measure(base_url: str, path: str, tokens: list[str | None], processes: int, 
         shares = [tokens[i::processes] for i in range(processes)]
         procs = [ctx.Process(target=_drive, args=(host, port, path, share, start_at, stop_at, out))
                  for share in shares if share]
+        cpu_before = cpu() if cpu else {}
         for proc in procs:
             proc.start()
         collected = [out.get() for _ in procs]
+        cpu_after = cpu() if cpu else {}
         for proc in procs:
             proc.join()
         if phase == "measure":
             latencies = sorted(value for lat, _ in collected for value in lat)
             errors = sum(err for _, err in collected)
     count = len(latencies)
+    per_request = {name: (cpu_after[name] - cpu_before[name]) * 1000 / max(count, 1) for name in cpu_after}
     return {
+        "cpu_ms": per_request,
         "requests": count,
         "errors": errors,
         "rps": count / duration,
@@ -175,7 +180,7 @@ def main() -> int:
                   f"{args.duration:.0f}s ...", flush=True)
             route_tokens = tokens if authenticated else [None] * args.connections
             figures[label] = measure(config.gateway_url, path, route_tokens, args.processes, args.duration,
-                                     args.warmup)
+                                     args.warmup, cpu=lambda: cpu_seconds(stack))
 
     me, bare = figures[list(ROUTES)[0]], figures[list(ROUTES)[-1]]
     gunicorn = (f"gunicorn gthread, GATEWAY_WORKERS={args.workers or 'default'}, "
@@ -185,6 +190,12 @@ def main() -> int:
     for label, fig in figures.items():
         print(f"{label:<42} {fig['requests']:>9} {fig['errors']:>7} {fig['rps']:>9.1f} {fig['p50']:>8.2f} "
               f"{fig['p99']:>8.2f}")
+    print()
+    names = list(next(iter(figures.values()))["cpu_ms"])
+    print(f"CPU ms per request (from /proc): {'route':<36} " + " ".join(f"{n:>13}" for n in names) + "        total")
+    for label, fig in figures.items():
+        cpu = fig["cpu_ms"]
+        print(f"{'':<32} {label:<36} " + " ".join(f"{cpu[n]:>13.2f}" for n in names) + f" {sum(cpu.values()):>12.2f}")
     ratio = me["rps"] / bare["rps"] if bare["rps"] else float("nan")
     print()
     print(f"ratio /v1/me : bare route (req/s) = {ratio:.2f}x   (target >= 0.30x)")

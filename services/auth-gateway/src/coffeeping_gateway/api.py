@@ -89,10 +89,7 @@ def respond(document: BaseModel, status: int = 200) -> Response:
 
 
 def from_message(model: type[T], message: Message, **values: Any) -> T:
-    """``message`` (and ``values``, which win) as ``model``; an unset optional field is None.
-
-    Fields without presence are always included: proto3 drops a scalar at its default (a step's
-    ``position`` 0, ``attempts`` 0, an empty ``steps``), which the model needs as it is."""
+    """``message`` (and ``values``, which win) as ``model``; an unset optional field is None."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
     return model.model_validate({**data, **values})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AwareDatetime, ConfigDict, Field
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 
 from coffeeping_gateway.api import Input, Output, Query
 
@@ -92,6 +92,11 @@ class DeletionStep(Output):
     error: str | None = omitted()
     note: str | None = omitted(description="what a done step could not do, e.g. Gmail drafts that could not "
                                             "be removed")
+
+    @field_validator("error", "note", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: Any) -> Any:
+        return value or None
 
 
 class DeletionLinks(Output):

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from coffeeping.common.db import user_tx
 from coffeeping_mailer import lifecycle, pages, schedule
 from coffeeping_mailer.errors import Invalid, already_exists, not_found
-from coffeeping_mailer.fields import err, iso, parse_id
+from coffeeping_mailer.fields import err, parse_id
 from coffeeping_mailer.mime import check_address, check_name
 from coffeeping_mailer.models import contacts, sequences
 
@@ -25,7 +25,7 @@ CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "company", "role",
 _NAME_FIELDS = ("name", "first_name", "last_name", "company", "role")
 _EMAIL_TAKEN = "a contact with this email address exists"
 
-# What the API shows of a contact (``contact_json``), in this order.
+# What the API shows of a contact (``contact_record``), in this order.
 COLUMNS = (contacts.c.id, contacts.c.email, contacts.c.name, contacts.c.first_name, contacts.c.last_name,
            contacts.c.company, contacts.c.role, contacts.c.time_zone, contacts.c.notes, contacts.c.created_at,
            contacts.c.updated_at)
@@ -72,11 +72,12 @@ def contact_values(data: Any, partial: bool) -> tuple[dict[str, Any], list[dict[
     return values, errors
 
 
-def contact_json(row: Any) -> dict[str, Any]:
+def contact_record(row: Any) -> dict[str, Any]:
+    """A contact as the fields of ``mailer.v1.Contact`` (times as datetimes; None when unset)."""
     return {
         "id": str(row.id), "email": row.email, "name": row.name, "first_name": row.first_name,
         "last_name": row.last_name, "company": row.company, "role": row.role, "time_zone": row.time_zone,
-        "notes": row.notes, "created_at": iso(row.created_at), "updated_at": iso(row.updated_at),
+        "notes": row.notes, "created_at": row.created_at, "updated_at": row.updated_at,
     }
 
 
@@ -114,20 +115,20 @@ def create_contact(engine: Engine, user_id: str, data: dict[str, Any]) -> dict[s
         contact_id, created = insert_contact(conn, user_id, values)
         if not created:
             raise already_exists("contact", str(contact_id), _EMAIL_TAKEN)
-        return contact_json(contact_row(conn, contact_id))
+        return contact_record(contact_row(conn, contact_id))
 
 
 def get_contact(engine: Engine, user_id: str, contact_id: str) -> dict[str, Any]:
     cid = parse_id(contact_id, "contact")
     with user_tx(engine, user_id) as conn:
-        return contact_json(contact_row(conn, cid))
+        return contact_record(contact_row(conn, cid))
 
 
 def list_contacts(engine: Engine, user_id: str, page_size: int, page_token: str) -> dict[str, Any]:
     """``{"items": [...], "next_cursor": str | None}``, oldest first."""
     with user_tx(engine, user_id) as conn:
         rows, next_cursor = pages.page(conn, contacts, select(*COLUMNS), page_size, page_token)
-    return {"items": [contact_json(r) for r in rows], "next_cursor": next_cursor}
+    return {"items": [contact_record(r) for r in rows], "next_cursor": next_cursor}
 
 
 def update_contact(engine: Engine, user_id: str, contact_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def update_contact(engine: Engine, user_id: str, contact_id: str, data: dict[str
             if "email" in values:
                 changes["email_key"] = func.lower(values["email"])
             conn.execute(update(contacts).where(contacts.c.id == cid).values(changes))
-        return contact_json(contact_row(conn, cid))
+        return contact_record(contact_row(conn, cid))
 
 
 def delete_contact(engine: Engine, user_id: str, contact_id: str) -> None:

@@ -13,9 +13,9 @@ from sqlalchemy import ARRAY, Connection, Engine, Uuid, bindparam, func, select,
 
 from coffeeping.common.db import USER_SETTING, validate_user_id
 from coffeeping_mailer.contacts import COLUMNS as CONTACT_COLUMNS
-from coffeeping_mailer.contacts import contact_json
+from coffeeping_mailer.contacts import contact_record
 from coffeeping_mailer.models import contacts, sequences, steps
-from coffeeping_mailer.sequences import SEQUENCE_COLUMNS, STEP_COLUMNS, sequence_row_json
+from coffeeping_mailer.sequences import SEQUENCE_COLUMNS, STEP_COLUMNS, sequence_record
 
 EXPORT_PAGE = 200
 
@@ -40,7 +40,7 @@ def export_records(engine: Engine, user_id: str, page: int = EXPORT_PAGE) -> Ite
             conn.execute(select(func.set_config("jit", "off", True)))
             streamed = conn.execution_options(stream_results=True, yield_per=page)
             for row in streamed.execute(select(*CONTACT_COLUMNS).order_by(contacts.c.created_at, contacts.c.id)):
-                yield "contacts", contact_json(row)
+                yield "contacts", contact_record(row)
             seqs = streamed.execute(select(*SEQUENCE_COLUMNS).order_by(sequences.c.created_at, sequences.c.id))
             for batch in seqs.partitions():
                 yield from _export_batch(conn, list(batch))
@@ -72,7 +72,7 @@ def _export_batch(conn: Connection, seqs: list[Any]) -> Iterator[tuple[str, dict
 
 
 def _export_sequence(row: Any, step_rows: list[Any]) -> dict[str, Any]:
-    out = sequence_row_json(row, step_rows)
+    out = sequence_record(row, step_rows)
     for step, raw in zip(out["steps"], step_rows, strict=True):
         step["rfc_message_id"] = raw.rfc_message_id
     return out

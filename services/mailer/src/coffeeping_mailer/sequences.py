@@ -12,13 +12,13 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from coffeeping.common.db import user_tx
 from coffeeping_mailer import lifecycle, pages, schedule
 from coffeeping_mailer.contacts import COLUMNS as CONTACT_COLUMNS
 from coffeeping_mailer.errors import Invalid, not_found, wrong_state
-from coffeeping_mailer.fields import err, iso, parse_id, parse_time
+from coffeeping_mailer.fields import err, parse_id, parse_time
 from coffeeping_mailer.merge import merge_value, render
 from coffeeping_mailer.mime import UnsafeHeader, check_name, check_subject
 from coffeeping_mailer.models import SEQUENCE_LIVE, SEQUENCE_TERMINAL, contacts, sequences, steps
@@ -27,7 +27,7 @@ MAX_BODY_CHARS = 20_000
 MAX_FOLLOW_UPS = 10
 _CREATE_FIELDS = {"contact_id", "subject", "body", "follow_ups", "business_days", "send_window", "time_zone"}
 
-# What the API shows of a sequence and of its steps (``sequence_row_json``, ``step_json``).
+# What the API shows of a sequence and of its steps (``sequence_record``, ``step_record``).
 SEQUENCE_COLUMNS = (
     sequences.c.id, sequences.c.contact_id, sequences.c.subject, sequences.c.status, sequences.c.stop_reason,
     sequences.c.stopped_at, sequences.c.pause_reason, sequences.c.business_days, sequences.c.window_start,
@@ -41,41 +41,55 @@ STEP_COLUMNS = (
 
 
 # ------------------------------------------------------------------------------------------ JSON shapes
-def step_json(row: Any) -> dict[str, Any]:
+def step_record(row: Any) -> dict[str, Any]:
+    """A step as the fields of ``mailer.v1.Step`` (times as datetimes; None when unset)."""
     return {
         "id": str(row.id), "position": row.position, "kind": "first" if row.position == 0 else "follow_up",
         "body": row.body, "sent_body": row.sent_body, "edited_in_gmail": row.edited_in_gmail,
-        "delay": row.delay, "send_at": iso(row.send_at), "due_at": iso(row.due_at), "status": row.status,
-        "cancel_reason": row.cancel_reason, "sent_at": iso(row.sent_at), "draft_id": row.draft_id,
+        "delay": row.delay, "send_at": row.send_at, "due_at": row.due_at, "status": row.status,
+        "cancel_reason": row.cancel_reason, "sent_at": row.sent_at, "draft_id": row.draft_id,
         "gmail_message_id": row.gmail_message_id, "thread_id": row.thread_id,
         "rfc_message_id": row.rfc_message_id if row.status == "sent" else None,
         "attempts": row.attempts, "last_error": row.last_error,
     }
 
 
-def sequence_row_json(row: Any, step_rows: list[Any]) -> dict[str, Any]:
-    """A sequence (``SEQUENCE_COLUMNS``) with its steps (``STEP_COLUMNS``, in order)."""
+def sequence_record(row: Any, step_rows: list[Any]) -> dict[str, Any]:
+    """A sequence (``SEQUENCE_COLUMNS``) with its steps (``STEP_COLUMNS``, in order), as the fields of
+    ``mailer.v1.Sequence`` (times as datetimes; None when unset)."""
     return {
         "id": str(row.id), "contact_id": str(row.contact_id), "subject": row.subject, "status": row.status,
-        "stop_reason": row.stop_reason, "stopped_at": iso(row.stopped_at), "pause_reason": row.pause_reason,
+        "stop_reason": row.stop_reason, "stopped_at": row.stopped_at, "pause_reason": row.pause_reason,
         "business_days": row.business_days,
         "send_window": {"start": row.window_start, "end": row.window_end} if row.window_start else None,
         "time_zone": row.time_zone, "to": row.to_email, "thread_id": row.thread_id,
-        "created_at": iso(row.created_at), "started_at": iso(row.started_at), "updated_at": iso(row.updated_at),
-        "steps": [step_json(s) for s in step_rows],
+        "created_at": row.created_at, "started_at": row.started_at, "updated_at": row.updated_at,
+        "steps": [step_record(s) for s in step_rows],
     }
 
 
-def _steps_of(conn: Connection, seq_id: uuid.UUID) -> list[Any]:
-    return list(conn.execute(select(*STEP_COLUMNS).where(steps.c.sequence_id == seq_id)
-                             .order_by(steps.c.position)).all())
+# The hot reads, built once (a statement object memoises its cache key).
+_SEQUENCE = select(*SEQUENCE_COLUMNS).where(sequences.c.id == bindparam("id", type_=sequences.c.id.type))
+_STEPS_OF = (select(*STEP_COLUMNS)
+             .where(steps.c.sequence_id.in_(bindparam("ids", expanding=True, type_=steps.c.sequence_id.type)))
+             .order_by(steps.c.sequence_id, steps.c.position))
 
 
-def sequence_json(conn: Connection, seq_id: uuid.UUID) -> dict[str, Any]:
-    row = conn.execute(select(*SEQUENCE_COLUMNS).where(sequences.c.id == seq_id)).first()
+def _records(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    """The sequences of ``rows`` with their steps, read in one query."""
+    if not rows:
+        return []
+    by_sequence: dict[uuid.UUID, list[Any]] = {row.id: [] for row in rows}
+    for step in conn.execute(_STEPS_OF, {"ids": list(by_sequence)}):
+        by_sequence[step.sequence_id].append(step)
+    return [sequence_record(row, by_sequence[row.id]) for row in rows]
+
+
+def load_sequence(conn: Connection, seq_id: uuid.UUID) -> dict[str, Any]:
+    row = conn.execute(_SEQUENCE, {"id": seq_id}).first()
     if row is None:
         raise not_found("sequence", str(seq_id))
-    return sequence_row_json(row, _steps_of(conn, seq_id))
+    return _records(conn, [row])[0]
 
 
 # --------------------------------------------------------------------------------------------- create
@@ -210,14 +224,14 @@ def create_sequence(engine: Engine, user_id: str, data: dict[str, Any]) -> dict[
             conn.execute(insert(steps).values(
                 id=uuid.uuid4(), user_id=user_id, sequence_id=seq_id, position=position, body=step["body"],
                 delay=step["delay"], send_at=step["send_at"]))
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)
 
 
 # ---------------------------------------------------------------------------------------- read, list
 def get_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str, Any]:
     seq_id = parse_id(sequence_id, "sequence")
     with user_tx(engine, user_id) as conn:
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)
 
 
 def list_sequences(engine: Engine, user_id: str, page_size: int, page_token: str, contact_id: str,
@@ -230,7 +244,7 @@ def list_sequences(engine: Engine, user_id: str, page_size: int, page_token: str
         query = query.where(sequences.c.status == status)
     with user_tx(engine, user_id) as conn:
         rows, next_cursor = pages.page(conn, sequences, query, page_size, page_token)
-        items = [sequence_row_json(row, _steps_of(conn, row.id)) for row in rows]
+        items = _records(conn, rows)
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -267,7 +281,7 @@ def send_sequence(engine: Engine, user_id: str, sequence_id: str, send_at: str |
         conn.execute(update(sequences).where(sequences.c.id == seq_id)
                      .values(status="scheduled", updated_at=func.now()))
         lifecycle.insert_job(conn, user_id, seq_id, first, due)
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)
 
 
 def pause_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str, Any]:
@@ -277,7 +291,7 @@ def pause_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str, 
         if seq.status not in SEQUENCE_LIVE:
             raise wrong_state(f"only a scheduled or active sequence can be paused (status {seq.status})", seq.status)
         lifecycle.pause(conn, seq_id, "user")
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)
 
 
 def resume_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str, Any]:
@@ -304,7 +318,7 @@ def resume_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str,
                 due = schedule.fit_window(due, lifecycle.rules_of(seq))
             conn.execute(update(steps).where(steps.c.id == step.id).values(due_at=due))
             lifecycle.insert_job(conn, user_id, seq_id, step.id, due)
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)
 
 
 def cancel_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str, Any]:
@@ -314,4 +328,4 @@ def cancel_sequence(engine: Engine, user_id: str, sequence_id: str) -> dict[str,
         if seq.status in SEQUENCE_TERMINAL:
             raise wrong_state(f"the sequence has already ended (status {seq.status})", seq.status)
         lifecycle.stop_sequence(conn, user_id, seq_id, "cancelled", None)
-        return sequence_json(conn, seq_id)
+        return load_sequence(conn, seq_id)

@@ -7,6 +7,7 @@ and ``google.rpc`` details; a storage failure is ``UNAVAILABLE``.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -25,6 +26,7 @@ from coffeeping.mailer.v1 import mailer_pb2_grpc
 from coffeeping.types.v1 import export_pb2
 from coffeeping_mailer import contacts, export, fence, imports, sequences
 from coffeeping_mailer.errors import ApiError, account_deleted
+from coffeeping_mailer.fields import iso
 
 log = logging.getLogger("coffeeping_mailer.api")
 
@@ -50,13 +52,21 @@ def _values(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _message(values: dict[str, Any], message: M) -> M:
-    """A resource dict (None for an absent value) as ``message``."""
-    return json_format.ParseDict(values, message)
+def _message(values: dict[str, Any], message: type[M]) -> M:
+    """A resource record (field names as in ``message``; None leaves a field unset, a datetime fills a
+    Timestamp) as ``message``. The constructor is ten times cheaper than ``json_format.ParseDict``."""
+    return message(**values)
 
 
-def _page(items: list[dict[str, Any]], next_cursor: str | None, response: M, field: str) -> M:
-    return _message({field: items, "next_page_token": next_cursor or ""}, response)
+def _page(items: list[dict[str, Any]], next_cursor: str | None, response: type[M], field: str) -> M:
+    return response(**{field: items, "next_page_token": next_cursor or ""})
+
+
+def _export_json(value: Any) -> str:
+    """JSON for what the standard encoder does not know: the records' datetimes, as the API shows them."""
+    if isinstance(value, dt.datetime):
+        return iso(value) or ""
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def resource_rpc(handler: Handler) -> Callable[..., Message]:
@@ -87,22 +97,22 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
     # ------------------------------------------------------------------------------------- contacts
     @resource_rpc
     def CreateContact(self, request: pb.CreateContactRequest, user_id: str) -> pb.Contact:
-        return _message(contacts.create_contact(self.engine, user_id, _values(request.contact)), pb.Contact())
+        return _message(contacts.create_contact(self.engine, user_id, _values(request.contact)), pb.Contact)
 
     @resource_rpc
     def GetContact(self, request: pb.GetContactRequest, user_id: str) -> pb.Contact:
-        return _message(contacts.get_contact(self.engine, user_id, request.contact_id), pb.Contact())
+        return _message(contacts.get_contact(self.engine, user_id, request.contact_id), pb.Contact)
 
     @resource_rpc
     def ListContacts(self, request: pb.ListContactsRequest, user_id: str) -> pb.ListContactsResponse:
         page = contacts.list_contacts(self.engine, user_id, request.page_size, request.page_token)
-        return _page(page["items"], page["next_cursor"], pb.ListContactsResponse(), "contacts")
+        return _page(page["items"], page["next_cursor"], pb.ListContactsResponse, "contacts")
 
     @resource_rpc
     def UpdateContact(self, request: pb.UpdateContactRequest, user_id: str) -> pb.Contact:
         given = _values(request.contact)
         changes = {path: given.get(path) for path in request.update_mask.paths}
-        return _message(contacts.update_contact(self.engine, user_id, request.contact_id, changes), pb.Contact())
+        return _message(contacts.update_contact(self.engine, user_id, request.contact_id, changes), pb.Contact)
 
     @resource_rpc
     def DeleteContact(self, request: pb.DeleteContactRequest, user_id: str) -> pb.DeleteContactResponse:
@@ -111,45 +121,46 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
 
     @resource_rpc
     def ImportContacts(self, request: pb.ImportContactsRequest, user_id: str) -> pb.ImportContactsResponse:
-        return _message(imports.import_contacts(self.engine, user_id, request.csv), pb.ImportContactsResponse())
+        return _message(imports.import_contacts(self.engine, user_id, request.csv), pb.ImportContactsResponse)
 
     # ------------------------------------------------------------------------------------ sequences
     @resource_rpc
     def CreateSequence(self, request: pb.CreateSequenceRequest, user_id: str) -> pb.Sequence:
-        return _message(sequences.create_sequence(self.engine, user_id, _values(request)), pb.Sequence())
+        return _message(sequences.create_sequence(self.engine, user_id, _values(request)), pb.Sequence)
 
     @resource_rpc
     def GetSequence(self, request: pb.GetSequenceRequest, user_id: str) -> pb.Sequence:
-        return _message(sequences.get_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+        return _message(sequences.get_sequence(self.engine, user_id, request.sequence_id), pb.Sequence)
 
     @resource_rpc
     def ListSequences(self, request: pb.ListSequencesRequest, user_id: str) -> pb.ListSequencesResponse:
         page = sequences.list_sequences(self.engine, user_id, request.page_size, request.page_token,
                                         request.contact_id, request.status)
-        return _page(page["items"], page["next_cursor"], pb.ListSequencesResponse(), "sequences")
+        return _page(page["items"], page["next_cursor"], pb.ListSequencesResponse, "sequences")
 
     @resource_rpc
     def SendSequence(self, request: pb.SendSequenceRequest, user_id: str) -> pb.Sequence:
         send_at = _values(request).get("send_at")
-        return _message(sequences.send_sequence(self.engine, user_id, request.sequence_id, send_at), pb.Sequence())
+        return _message(sequences.send_sequence(self.engine, user_id, request.sequence_id, send_at), pb.Sequence)
 
     @resource_rpc
     def PauseSequence(self, request: pb.PauseSequenceRequest, user_id: str) -> pb.Sequence:
-        return _message(sequences.pause_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+        return _message(sequences.pause_sequence(self.engine, user_id, request.sequence_id), pb.Sequence)
 
     @resource_rpc
     def ResumeSequence(self, request: pb.ResumeSequenceRequest, user_id: str) -> pb.Sequence:
-        return _message(sequences.resume_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+        return _message(sequences.resume_sequence(self.engine, user_id, request.sequence_id), pb.Sequence)
 
     @resource_rpc
     def CancelSequence(self, request: pb.CancelSequenceRequest, user_id: str) -> pb.Sequence:
-        return _message(sequences.cancel_sequence(self.engine, user_id, request.sequence_id), pb.Sequence())
+        return _message(sequences.cancel_sequence(self.engine, user_id, request.sequence_id), pb.Sequence)
 
     # ------------------------------------------------------------------------- export and the fence
     def ExportData(self, request: export_pb2.ExportRequest,
                    context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
         for section, record in export.export_records(self.engine, current_user()):
-            yield export_pb2.ExportRecord(section=section, json=json.dumps(record, ensure_ascii=False))
+            yield export_pb2.ExportRecord(section=section,
+                                          json=json.dumps(record, ensure_ascii=False, default=_export_json))
 
     def FenceUser(self, request: pb.FenceUserRequest, context: grpc.ServicerContext) -> pb.FenceUserResponse:
         try:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, func, select
+from sqlalchemy import Connection, Engine, String, bindparam, create_engine, func, select
 
 USER_SETTING = "app.user_id"
 SCOPE_SETTING = "app.scope"
@@ -57,6 +57,11 @@ def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeepin
     )
 
 
+# Built once: a statement object memoises its cache key, so each transaction pays only the execution.
+_SET_USER = select(func.set_config(USER_SETTING, bindparam("user_id", type_=String()), True))
+_SET_SYSTEM = select(func.set_config(SCOPE_SETTING, "system", True))
+
+
 @contextmanager
 def user_tx(engine: Engine, user_id: str, system: bool = False) -> Iterator[Connection]:
     """A transaction that can see and write only ``user_id``'s rows.
@@ -66,9 +71,9 @@ def user_tx(engine: Engine, user_id: str, system: bool = False) -> Iterator[Conn
     """
     validate_user_id(user_id)
     with engine.begin() as conn:
-        conn.execute(select(func.set_config(USER_SETTING, user_id, True)))
+        conn.execute(_SET_USER, {"user_id": user_id})
         if system:
-            conn.execute(select(func.set_config(SCOPE_SETTING, "system", True)))
+            conn.execute(_SET_SYSTEM)
         yield conn
 
 
@@ -79,5 +84,5 @@ def system_tx(engine: Engine) -> Iterator[Connection]:
     User tables stay closed to it: their policies look at the user setting only.
     """
     with engine.begin() as conn:
-        conn.execute(select(func.set_config(SCOPE_SETTING, "system", True)))
+        conn.execute(_SET_SYSTEM)
         yield conn

@@ -12,11 +12,13 @@ security policy; the service's application role reads and inserts it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, exists, select
+from sqlalchemy import Connection, Select, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 
 from .config import secret_text, setting
@@ -45,9 +47,15 @@ def bury(conn: Connection, schema: str, key: bytes, user_id: str) -> None:
     conn.execute(insert(tombstones).values(subject=subject(key, user_id)).on_conflict_do_nothing())
 
 
-def is_buried(conn: Connection, schema: str, key: bytes, user_id: str) -> bool:
+@functools.cache
+def _buried_query(schema: str) -> Select[Any]:
+    """Built once per schema: a statement object memoises its cache key."""
     tombstones = schema_tables(schema).tombstones
-    buried: bool = conn.execute(select(exists().where(tombstones.c.subject == subject(key, user_id)))).scalar_one()
+    return select(exists().where(tombstones.c.subject == bindparam("subject", type_=tombstones.c.subject.type)))
+
+
+def is_buried(conn: Connection, schema: str, key: bytes, user_id: str) -> bool:
+    buried: bool = conn.execute(_buried_query(schema), {"subject": subject(key, user_id)}).scalar_one()
     return buried
 
 
