@@ -16,9 +16,11 @@ import argparse
 import datetime as dt
 import statistics
 import time
+from typing import Any
 
 import psycopg
 from outreach_world import MailerWorld, Outreach, add_world_arguments, mailer_world, shift_follow_ups
+from proc_cpu import postgres_seconds, process_table, tree_seconds
 
 
 def main() -> None:
@@ -63,6 +65,7 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
     with psycopg.connect(admin_db, autocommit=True) as conn:
         shift_follow_ups(conn, dt.datetime.now(dt.UTC) - (due + ahead))
     run_started = time.perf_counter()
+    cpu_before = _cpu_seconds(procs)
     try:
         with psycopg.connect(admin_db, autocommit=True) as conn:
             deadline = time.monotonic() + args.timeout
@@ -76,6 +79,7 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
                     print(f"  {sent}/{total} sent after {time.perf_counter() - run_started:.0f}s", flush=True)
                     last_report = time.monotonic()
                 time.sleep(0.5)
+            cpu_used = {name: _cpu_seconds(procs)[name] - cpu_before[name] for name in cpu_before}
             rows = conn.execute("SELECT id::text, status, sent_at, due_at FROM mailer.steps WHERE position = 1"
                                 ).fetchall()
     finally:
@@ -106,9 +110,18 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
               f"max {lateness[-1]:.2f}s")
     print(f"drained:               the last step {(last_sent - min(r[3] for r in rows)).total_seconds():.1f}s after "
           "they all fell due (lateness is mostly queueing behind that backlog)")
+    per_send = {name: seconds * 1000 / max(len(sent_rows), 1) for name, seconds in cpu_used.items()}
+    print(f"CPU per send (/proc):  mailers {per_send['mailers']:.2f} ms + PostgreSQL {per_send['postgresql']:.2f} ms "
+          f"= {sum(per_send.values()):.2f} ms (the vault double and Gmail stand-in run in this process: excluded)")
     print(f"duplicates:            {duplicates}")
     print(f"lost:                  {lost}")
     print(f"gmail 429s absorbed:   {rate_limited}")
+
+
+def _cpu_seconds(procs: list[Any]) -> dict[str, float]:
+    """CPU seconds so far of the mailer processes and of PostgreSQL."""
+    table = process_table()
+    return {"mailers": tree_seconds(table, [p.proc.pid for p in procs]), "postgresql": postgres_seconds(table)}
 
 
 if __name__ == "__main__":

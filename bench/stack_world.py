@@ -5,8 +5,6 @@ prefix of their own (both removed afterwards), and session tokens minted by the 
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
 import shutil
 import sys
 import tempfile
@@ -20,6 +18,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
+from proc_cpu import postgres_seconds, process_table, tree_seconds  # noqa: E402
 from stack import Stack, StackConfig, remove_deployment  # noqa: E402
 
 
@@ -64,40 +63,10 @@ def mint_token(config: StackConfig, user_id: str, lifetime_s: int = 600) -> str:
     return str(reply.json()["token"])
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, owner uid, CPU seconds used) for every process, from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-            uid = str(os.stat(f"/proc/{entry}").st_uid)
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), uid, (int(fields[11]) + int(fields[12])) / _TICKS)
-    return table
-
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by each service (with its child processes, e.g. gunicorn's workers) and
-    by PostgreSQL (every process of its user), from /proc."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-
-    def tree(pid: int) -> float:
-        return table.get(pid, (0, "", 0.0))[2] + sum(tree(child) for child in children.get(pid, []))
-
-    used = {name: tree(proc.pid) for name, proc in stack.procs.items()}
-    try:
-        postgres_uid = str(pwd.getpwnam("postgres").pw_uid)
-        used["postgresql"] = sum(cpu for _, uid, cpu in table.values() if uid == postgres_uid)
-    except KeyError:
-        pass
+    """CPU seconds used so far by each service (with its child processes) and by PostgreSQL."""
+    table = process_table()
+    used = {name: tree_seconds(table, [proc.pid]) for name, proc in stack.procs.items()}
+    used["postgresql"] = postgres_seconds(table)
     return used

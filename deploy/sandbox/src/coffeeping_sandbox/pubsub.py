@@ -810,19 +810,7 @@ class PubSubSandbox:
         return out
 
     def mint_oidc_token(
-        self,
-        audience: str,
-        email: str,
-        *,
-        email_verified: bool = True,
-        issuer: str = GOOGLE_ISSUER,
-        lifetime_s: int = 3600,
-        iat: int | None = None,
-        sub: str | None = None,
-        claims: dict[str, Any] | None = None,
-        omit: Iterable[str] = (),
-        forged: bool = False,
-        kid: str | None = None,
+        self, audience: str, email: str, *, forged: bool = False, kid: str | None = None, **options: Any
     ) -> str:
         """An OIDC token as a push subscription sends it, with any claim changed for refusal tests.
 
@@ -830,17 +818,7 @@ class PubSubSandbox:
         ``forged`` signs with a key that is NOT in the served certificates (by default under the real
         current ``kid``, so only the signature check catches it); ``kid`` overrides the header's kid.
         """
-        body = self.oidc_claims(
-            audience,
-            email,
-            email_verified=email_verified,
-            issuer=issuer,
-            lifetime_s=lifetime_s,
-            iat=iat,
-            sub=sub,
-            claims=claims,
-            omit=omit,
-        )
+        body = self.oidc_claims(audience, email, **options)  # options: those of ``oidc_claims``
         if forged:
             return jwt.encode(
                 body, self._forger, algorithm="RS256", headers={"kid": kid or self.keys.current.kid, "typ": "JWT"}

@@ -1,0 +1,47 @@
+"""CPU seconds used by processes, read from /proc: the benchmarks' cost per operation, stable on a noisy
+machine where rates are not."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterable
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, owner uid, CPU seconds used) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), uid, (int(fields[11]) + int(fields[12])) / _TICKS)
+    return table
+
+
+def tree_seconds(table: dict[int, tuple[int, int, float]], pids: Iterable[int]) -> float:
+    """CPU seconds of ``pids`` and all their descendants (e.g. gunicorn's workers)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return table.get(pid, (0, 0, 0.0))[2] + sum(tree(child) for child in children.get(pid, []))
+
+    return sum(tree(pid) for pid in pids)
+
+
+def postgres_seconds(table: dict[int, tuple[int, int, float]]) -> float:
+    """CPU seconds of every process of the ``postgres`` user (0 when there is no such user)."""
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return 0.0
+    return sum(cpu for _, owner, cpu in table.values() if owner == uid)
