@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from coffeeping.common.messaging import Event, Handler
 from coffeeping.events.v1 import events_pb2 as ev
@@ -26,6 +26,15 @@ _UNFINISHED = ("scheduled", "active", "paused")
 Detection = ev.ReplyDetected | ev.BounceDetected | ev.TakeoverDetected
 _STOP_REASONS: dict[type[Detection], str] = {
     ev.ReplyDetected: "replied", ev.BounceDetected: "bounced", ev.TakeoverDetected: "user_took_over"}
+
+# The statements, built once (a statement object memoises its cache key).
+_UNFINISHED_OF = select(sequences.c.id).where(
+    sequences.c.status.in_(_UNFINISHED),
+    sequences.c.contact_id.in_(bindparam("p_contacts", expanding=True, type_=sequences.c.contact_id.type))
+    | sequences.c.id.in_(bindparam("p_sequences", expanding=True, type_=sequences.c.id.type)))
+_OTHER_ACCOUNT = select(sequences.c.id).where(
+    sequences.c.status.in_(_UNFINISHED), sequences.c.user_email.is_not(None),
+    func.lower(sequences.c.user_email) != func.lower(bindparam("p_email", type_=sequences.c.user_email.type)))
 
 
 def _uuids(values: Iterable[str]) -> list[uuid.UUID]:
@@ -63,10 +72,7 @@ def stop(conn: Connection, user: str, detection: Detection, reason: str) -> None
     """Stop the contact's running sequences (a reply in any of its threads counts) and named ones."""
     contact_ids = _uuids([detection.contact_id])
     sequence_ids = _uuids(detection.sequence_ids)
-    ids = conn.execute(
-        select(sequences.c.id).where(sequences.c.status.in_(_UNFINISHED),
-                                     sequences.c.contact_id.in_(contact_ids) | sequences.c.id.in_(sequence_ids))
-    ).scalars().all()
+    ids = conn.execute(_UNFINISHED_OF, {"p_contacts": contact_ids, "p_sequences": sequence_ids}).scalars().all()
     when = detection.detected_at.ToDatetime(tzinfo=dt.UTC) if detection.HasField("detected_at") else None
     for seq_id in ids:
         stop_sequence(conn, user, seq_id, reason, when)
@@ -78,10 +84,7 @@ def account_changed(conn: Connection, user: str, email: str) -> bool:
     with ``gmail_account_changed`` (its thread and drafts are in the other mailbox). True if any."""
     if not email:
         return False
-    ids = conn.execute(
-        select(sequences.c.id).where(sequences.c.status.in_(_UNFINISHED), sequences.c.user_email.is_not(None),
-                                     func.lower(sequences.c.user_email) != func.lower(email))
-    ).scalars().all()
+    ids = conn.execute(_OTHER_ACCOUNT, {"p_email": email}).scalars().all()
     for seq_id in ids:
         stop_sequence(conn, user, seq_id, "gmail_account_changed", None)
     if ids:

@@ -2,8 +2,9 @@
 
 - **Fence.** ``fence`` buries the user in ``mailer.tombstones`` (accounts calls ``FenceUser`` before it
   answers 202; the ``account.deletion_requested`` event does the same). Every statement that lets a
-  send or a draft go ahead carries ``fence_open``, so the check is in the very transaction that commits
-  to the Gmail call, immediately before it. A buried user's API calls answer ``account_deleted``.
+  send or a draft go ahead carries ``FENCE_OPEN`` (executed with ``fence_params``), so the check is in
+  the very transaction that commits to the Gmail call, immediately before it. A buried user's API
+  calls answer ``account_deleted``.
 - **Purge.** ``purge`` (the consumer's transaction) queues the Gmail draft of every unfinished step
   for deletion, deletes every row of the user at once, and records a pending purge.
 - **Bounded cleanup.** The scheduler's draft cleaner removes the queued drafts, retrying Gmail's
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import uuid
 from typing import Any
@@ -25,11 +27,11 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Text,
+    bindparam,
     case,
     delete,
     exists,
     func,
-    literal,
     select,
     update,
 )
@@ -54,9 +56,16 @@ from coffeeping_mailer.models import (
 log = logging.getLogger(__name__)
 
 
-def fence_open(key: bytes, user_id: str) -> ColumnElement[bool]:
-    """The fence, for statements that commit to a send or a draft: the user is not buried."""
-    return ~exists().where(tombstones.c.subject == subject(key, user_id))
+# The fence, for statements that commit to a send or a draft: the user is not buried. Built once, with
+# the user's tombstone subject as the parameter ``fence_subject``: a statement that carries it is
+# executed with ``fence_params(key, user_id)`` (SQLAlchemy refuses to run it without that value).
+FENCE_OPEN: ColumnElement[bool] = ~exists().where(
+    tombstones.c.subject == bindparam("fence_subject", type_=tombstones.c.subject.type))
+
+
+def fence_params(key: bytes, user_id: str) -> dict[str, bytes]:
+    """The parameter of ``FENCE_OPEN`` for ``user_id``."""
+    return {"fence_subject": subject(key, user_id)}
 
 
 def fence(engine: Engine, key: bytes, user_id: str) -> None:
@@ -78,22 +87,35 @@ def queue_draft_deletions(conn: Connection, user_id: str, sequence_id: uuid.UUID
     our Message-ID, no draft id) is queued by thread and Message-ID, and the cleaner looks it up. The
     steps forget their draft ids, so that nothing is queued twice.
     """
+    queue, forget = _queue_drafts(sequence_id is not None)
+    params: dict[str, Any] = {"p_user": user_id, "p_give_up_at": give_up_at}
+    if sequence_id is not None:
+        params["p_seq"] = sequence_id
+    queued: int = conn.execute(queue, params).rowcount
+    if queued:
+        conn.execute(forget, params)
+    return queued
+
+
+@functools.cache
+def _queue_drafts(of_sequence: bool) -> tuple[Any, Any]:
+    """``queue_draft_deletions``'s two statements (of one sequence, ``p_seq``, or of all), built once."""
     unsent = [steps.c.position > 0, steps.c.status != "sent"]
-    if sequence_id:
-        unsent.append(steps.c.sequence_id == sequence_id)
+    if of_sequence:
+        unsent.append(steps.c.sequence_id == bindparam("p_seq", type_=steps.c.sequence_id.type))
     drafts = (
-        select(literal(user_id, Text), steps.c.draft_id, sequences.c.thread_id,
-               case((steps.c.draft_id.is_(None), steps.c.rfc_message_id)), literal(give_up_at, DateTime(timezone=True)))
+        select(bindparam("p_user", type_=Text()), steps.c.draft_id, sequences.c.thread_id,
+               case((steps.c.draft_id.is_(None), steps.c.rfc_message_id)),
+               bindparam("p_give_up_at", type_=DateTime(timezone=True)))
         .join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
         .where(*unsent, steps.c.draft_id.is_not(None) | (
             steps.c.rfc_message_id.is_not(None) & sequences.c.thread_id.is_not(None)
             & steps.c.status.in_(("scheduled", "sending"))))
     )
-    queued: int = conn.execute(insert(draft_deletions).from_select(
-        ["user_id", "draft_id", "thread_id", "rfc_message_id", "give_up_at"], drafts)).rowcount
-    if queued:
-        conn.execute(update(steps).where(*unsent, steps.c.draft_id.is_not(None)).values(draft_id=None))
-    return queued
+    queue = insert(draft_deletions).from_select(
+        ["user_id", "draft_id", "thread_id", "rfc_message_id", "give_up_at"], drafts)
+    forget = update(steps).where(*unsent, steps.c.draft_id.is_not(None)).values(draft_id=None)
+    return queue, forget
 
 
 def purge(conn: Connection, key: bytes, user_id: str, deletion_id: str, cleanup_s: float) -> int:
@@ -134,15 +156,11 @@ def finish_purges(engine: Engine) -> list[str]:
     """Report ``account.purged`` for every purge whose drafts are all removed or given up; the users."""
     done: list[str] = []
     with system_tx(engine) as conn:
-        rows = conn.execute(
-            select(purges.c.user_id, purges.c.deletion_id, purges.c.drafts_left)
-            .where(~exists().where(draft_deletions.c.user_id == purges.c.user_id))
-            .order_by(purges.c.created_at).limit(20).with_for_update(skip_locked=True)
-        ).all()
+        rows = conn.execute(_FINISHED_PURGES).all()
         for row in rows:
             # A job a claimer still holds is dropped by its holder (its step is gone): wait for it.
             _drop_unheld_jobs(conn, row.user_id)
-            if conn.execute(select(exists().where(jobs.c.user_id == row.user_id))).scalar():
+            if conn.execute(_HAS_JOBS, {"p_user": row.user_id}).scalar():
                 continue
             _report(conn, row)
             done.append(row.user_id)
@@ -160,6 +178,15 @@ def _report(conn: Connection, row: Any) -> None:
 
 def _drop_unheld_jobs(conn: Connection, user_id: str) -> None:
     """Remove the user's jobs that no claimer holds (``FOR UPDATE SKIP LOCKED``)."""
-    unheld = jobs.alias("unheld")
-    conn.execute(delete(jobs).where(jobs.c.step_id.in_(
-        select(unheld.c.step_id).where(unheld.c.user_id == user_id).with_for_update(skip_locked=True))))
+    conn.execute(_DROP_UNHELD_JOBS, {"p_user": user_id})
+
+
+# ``finish_purges``'s statements, built once.
+_FINISHED_PURGES = (select(purges.c.user_id, purges.c.deletion_id, purges.c.drafts_left)
+                    .where(~exists().where(draft_deletions.c.user_id == purges.c.user_id))
+                    .order_by(purges.c.created_at).limit(20).with_for_update(skip_locked=True))
+_HAS_JOBS = select(exists().where(jobs.c.user_id == bindparam("p_user", type_=jobs.c.user_id.type)))
+_UNHELD = jobs.alias("unheld")
+_DROP_UNHELD_JOBS = delete(jobs).where(jobs.c.step_id.in_(
+    select(_UNHELD.c.step_id).where(_UNHELD.c.user_id == bindparam("p_user", type_=jobs.c.user_id.type))
+    .with_for_update(skip_locked=True)))

@@ -19,10 +19,13 @@ are built from these tables (SQLAlchemy Core), and check constraints and row-lev
 live in the migrations only.
 """
 
+from collections.abc import Sequence
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -32,8 +35,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    all_,
+    any_,
+    literal,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from coffeeping.common.tables import shared_tables
 
@@ -51,6 +58,19 @@ STEP_STATES = ("scheduled", "sending", "sent", "cancelled", "failed")
 # its ``sequence.stopped`` event says "completed".
 STOP_REASONS = ("replied", "bounced", "cancelled", "user_took_over", "draft_deleted", "gmail_disconnected",
                 "gmail_account_changed", "thread_deleted", "contact_deleted", "failed")
+
+
+
+def one_of(column: Column[str], states: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN states`` as ``column = ANY(:states)``, which PostgreSQL plans alike. A statement built
+    once stays one SQL text: SQLAlchemy renders an ``IN`` list's values into the text at every execution."""
+    return column == any_(literal(list(states), ARRAY(Text())))
+
+
+def none_of(column: Column[str], states: Sequence[str]) -> ColumnElement[bool]:
+    """``column NOT IN states``, as ``column <> ALL(:states)`` (see ``one_of``)."""
+    return column != all_(literal(list(states), ARRAY(Text())))
+
 
 metadata = MetaData(schema=SCHEMA)
 

@@ -27,20 +27,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
     Engine,
+    Integer,
+    Interval,
     and_,
+    any_,
+    bindparam,
     case,
     delete,
     exists,
     func,
     insert,
-    literal,
     select,
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import classify_received
@@ -48,22 +53,31 @@ from coffeeping.common.messaging import publish_in_tx
 from coffeeping.common.tombstones import is_buried
 from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_mailer import fence, lifecycle, schedule
-from coffeeping_mailer.fence import fence_open
+from coffeeping_mailer.fence import FENCE_OPEN, fence_params
 from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected, ThreadMessage, Transient
 from coffeeping_mailer.mime import Outgoing, UnsafeHeader, build, new_message_id, reply_subject, to_raw
-from coffeeping_mailer.models import SCHEMA, SEQUENCE_LIVE, draft_deletions, jobs, sequences, steps
+from coffeeping_mailer.models import SCHEMA, SEQUENCE_LIVE, draft_deletions, jobs, one_of, sequences, steps
 
 log = logging.getLogger("coffeeping_mailer.scheduler")
 UTC = dt.UTC
 _PENDING = ("scheduled", "sending")
 
 
-def _may_proceed(key: bytes, user: str) -> ColumnElement[bool]:
-    """A step may go to Gmail (a send, a draft) only if the user is not fenced and its sequence still
-    runs; every ``UPDATE steps`` that commits to such a call carries this condition."""
-    return and_(fence_open(key, user), exists().where(sequences.c.id == steps.c.sequence_id,
-                                                      sequences.c.status.in_(SEQUENCE_LIVE)))
+# The scheduler's statements are built once, here: a statement object memoises its cache key, so a
+# send pays only for executing them. Every per-call value is a bind parameter (``p_*``: no parameter is
+# named after a column, which an INSERT or UPDATE would take for a value of that column).
+def _p(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
 
+
+_STEP = _p("p_step", steps.c.id)
+_SEQ = _p("p_seq", steps.c.sequence_id)
+
+# A step may go to Gmail (a send, a draft) only if the user is not fenced and its sequence still runs;
+# every ``UPDATE steps`` that commits to such a call carries this condition (executed with
+# ``fence_params``).
+_MAY_PROCEED: ColumnElement[bool] = and_(
+    FENCE_OPEN, exists().where(sequences.c.id == steps.c.sequence_id, one_of(sequences.c.status, SEQUENCE_LIVE)))
 
 # What ``Scheduler._load`` reads of a step and its sequence.
 _STEP_AND_SEQUENCE = (
@@ -73,6 +87,129 @@ _STEP_AND_SEQUENCE = (
     sequences.c.status.label("seq_status"), sequences.c.to_email, sequences.c.to_name, sequences.c.thread_id,
     sequences.c.history_id, sequences.c.started_at, sequences.c.business_days, sequences.c.window_start,
     sequences.c.window_end, sequences.c.time_zone)
+
+
+def _load_query(for_send: bool) -> Any:
+    """The step (``p_step``) with its sequence; ``for_send`` adds, in the same query, the user's sends of
+    the last 24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
+    query = select(*_STEP_AND_SEQUENCE).join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
+    if for_send:
+        today = (select(func.count().label("sent_today"), func.min(steps.c.sent_at).label("oldest_today"))
+                 .where(steps.c.sent_at > func.now() - dt.timedelta(hours=24)).subquery("d"))
+        others = steps.alias("k")
+        known = (select(others.c.gmail_message_id)
+                 .where(others.c.sequence_id == sequences.c.id, others.c.gmail_message_id.is_not(None)))
+        query = (query.join(today, true())
+                 .add_columns(today.c.sent_today, today.c.oldest_today,
+                              func.array(known.scalar_subquery()).label("known")))
+    return query.where(steps.c.id == _STEP)
+
+
+_LOAD = {False: _load_query(False), True: _load_query(True)}
+
+# Claims (``p_limit`` due jobs) and what the claimer does with them.
+_CLAIM = (select(jobs.c.step_id, jobs.c.sequence_id, jobs.c.user_id, jobs.c.due_at)
+          .where(jobs.c.due_at <= func.now()).order_by(jobs.c.due_at)
+          .limit(bindparam("p_limit", type_=Integer())).with_for_update(skip_locked=True))
+_JOBS_DONE = delete(jobs).where(jobs.c.step_id == any_(bindparam("p_steps", type_=ARRAY(jobs.c.step_id.type))))
+_JOB_LATER = update(jobs).where(jobs.c.step_id == _STEP).values(due_at=_p("p_due", jobs.c.due_at))
+
+# A step.
+_DEFER_CAPPED = update(steps).where(steps.c.id == _STEP).values(last_error="daily cap reached; deferred")
+_BACK_TO_SCHEDULED = (update(steps).where(steps.c.id == _STEP, steps.c.status == "sending", steps.c.position > 0)
+                      .values(status="scheduled"))
+_TRANSIENT = (update(steps).where(steps.c.id == _STEP)
+              .values(attempts=_p("p_attempts", steps.c.attempts), last_error=_p("p_error", steps.c.last_error),
+                      status=case((and_(steps.c.position > 0, steps.c.status == "sending"), "scheduled"),
+                                  else_=steps.c.status)))
+_FAILED = (update(steps).where(steps.c.id == _STEP, steps.c.status != "sent")
+           .values(status="failed", last_error=_p("p_error", steps.c.last_error), attempts=steps.c.attempts + 1))
+
+# The first email: committed to (behind the fence), then recorded.
+_FIRST_SENDING = (update(steps).where(steps.c.id == _STEP, one_of(steps.c.status, _PENDING), _MAY_PROCEED)
+                  .values(status="sending", sending_since=func.now(),
+                          rfc_message_id=_p("p_rfc", steps.c.rfc_message_id))
+                  .returning(steps.c.id))
+_SEQUENCE_MAILBOX = (update(sequences).where(sequences.c.id == _SEQ)
+                     .values(history_id=_p("p_history", sequences.c.history_id),
+                             user_email=_p("p_user_email", sequences.c.user_email)))
+_FIRST_SENT = (update(steps).where(steps.c.id == _STEP, steps.c.status != "sent")
+               .values(status="sent", sent_at=func.now(), gmail_message_id=_p("p_message", steps.c.gmail_message_id),
+                       thread_id=_p("p_thread", steps.c.thread_id), rfc_message_id=_p("p_rfc", steps.c.rfc_message_id),
+                       sent_body=steps.c.body, last_error=None)
+               .returning(steps.c.sent_at))
+_SEQUENCE_STARTED = (update(sequences).where(sequences.c.id == _SEQ, one_of(sequences.c.status, SEQUENCE_LIVE))
+                     .values(status="active", thread_id=_p("p_thread", sequences.c.thread_id),
+                             started_at=_p("p_started", sequences.c.started_at), updated_at=func.now())
+                     .returning(sequences.c.id))
+_SEQUENCE_THREAD = (update(sequences).where(sequences.c.id == _SEQ, sequences.c.thread_id.is_(None))
+                    .values(thread_id=_p("p_thread", sequences.c.thread_id)))
+_STOP_REASON = select(sequences.c.stop_reason).where(sequences.c.id == _SEQ)
+
+# The next steps.
+_NEXT_STEPS = (select(steps.c.id, steps.c.delay, steps.c.send_at)
+               .where(steps.c.sequence_id == _SEQ, steps.c.position > bindparam("p_position", type_=Integer()),
+                      steps.c.status == "scheduled")
+               .order_by(steps.c.position))
+_COMPLETED = (update(sequences).where(sequences.c.id == _SEQ, one_of(sequences.c.status, SEQUENCE_LIVE))
+              .values(status="completed", stopped_at=func.now(), updated_at=func.now())
+              .returning(sequences.c.id))
+_DUE_AT = update(steps).where(steps.c.id == _STEP).values(due_at=_p("p_due", steps.c.due_at))
+# ``SET LOCAL lock_timeout = '10s'``
+_SHORT_LOCK_TIMEOUT = select(func.set_config("lock_timeout", "10s", True))
+
+# Drafts.
+_DRAFTLESS = (select(steps.c.id).where(steps.c.sequence_id == _SEQ, steps.c.position > 0,
+                                       steps.c.status == "scheduled", steps.c.draft_id.is_(None))
+              .order_by(steps.c.position))
+_FIRST_MESSAGE_ID = select(steps.c.rfc_message_id).where(steps.c.sequence_id == _SEQ, steps.c.position == 0)
+_DRAFT_INTENT = (update(steps)
+                 .where(steps.c.id == _STEP, steps.c.draft_id.is_(None), steps.c.status == "scheduled", _MAY_PROCEED)
+                 .values(rfc_message_id=_p("p_rfc", steps.c.rfc_message_id))
+                 .returning(steps.c.id))
+_DRAFT_KEPT = (update(steps).where(steps.c.id == _STEP, steps.c.draft_id.is_(None), steps.c.status == "scheduled")
+               .values(draft_id=_p("p_draft", steps.c.draft_id),
+                       draft_message_id=_p("p_draft_message", steps.c.draft_message_id))
+               .returning(steps.c.id))
+_DRAFT_DROPPED = insert(draft_deletions).values(user_id=_p("p_user", draft_deletions.c.user_id),
+                                                draft_id=_p("p_draft", draft_deletions.c.draft_id))
+
+# A follow-up: committed to (behind the fence), then recorded.
+_FOLLOW_UP_SENDING = (update(steps).where(steps.c.id == _STEP, one_of(steps.c.status, _PENDING), _MAY_PROCEED)
+                      .values(status="sending", sending_since=func.coalesce(steps.c.sending_since, func.now()))
+                      .returning(steps.c.sending_since))
+_EDITED = (update(steps).where(steps.c.id == _STEP, steps.c.status == "sending")
+           .values(edited_in_gmail=True, sent_body=_p("p_body", steps.c.sent_body)))
+_DRAFT_DELETED = (update(steps).where(steps.c.id == _STEP, one_of(steps.c.status, _PENDING))
+                  .values(status="cancelled", cancel_reason="draft_deleted"))
+_STILL_SCHEDULED = (select(func.count()).select_from(steps)
+                    .where(steps.c.sequence_id == _SEQ, steps.c.status == "scheduled"))
+
+
+def _follow_up_sent(kept_edit: ColumnElement[bool]) -> Any:
+    # What went out: the edited body when it was edited in Gmail.
+    return (update(steps).where(steps.c.id == _STEP, steps.c.status != "sent")
+            .values(status="sent", sent_at=func.now(), gmail_message_id=_p("p_message", steps.c.gmail_message_id),
+                    thread_id=_p("p_thread", steps.c.thread_id), last_error=None,
+                    sent_body=case((kept_edit, steps.c.sent_body), else_=steps.c.body))
+            .returning(steps.c.sent_at))
+
+
+# ``edited`` known (``p_edited``), or None: as recorded.
+_FOLLOW_UP_SENT = {True: _follow_up_sent(bindparam("p_edited", type_=Boolean())),
+                   False: _follow_up_sent(steps.c.edited_in_gmail)}
+
+# The draft cleaner.
+_QUEUED = draft_deletions.c
+_CLAIM_DRAFTS = (select(_QUEUED.id, _QUEUED.user_id, _QUEUED.draft_id, _QUEUED.thread_id, _QUEUED.rfc_message_id,
+                        _QUEUED.attempts, _QUEUED.give_up_at)
+                 .where(_QUEUED.not_before <= func.now()).order_by(_QUEUED.not_before).limit(20)
+                 .with_for_update(skip_locked=True))
+_DRAFT_QUEUED_ID = _p("p_id", _QUEUED.id)
+_DRAFT_LATER = (update(draft_deletions).where(_QUEUED.id == _DRAFT_QUEUED_ID)
+                .values(attempts=_QUEUED.attempts + 1,
+                        not_before=func.now() + bindparam("p_backoff", type_=Interval())))
+_DRAFT_DONE = delete(draft_deletions).where(_QUEUED.id == _DRAFT_QUEUED_ID)
 
 
 @dataclass(frozen=True)
@@ -132,11 +269,7 @@ class Scheduler:
 
     def _claim_and_work(self, limit: int, work: Any) -> int:
         with system_tx(self.engine) as conn:
-            claimed = conn.execute(
-                select(jobs.c.step_id, jobs.c.sequence_id, jobs.c.user_id, jobs.c.due_at)
-                .where(jobs.c.due_at <= func.now()).order_by(jobs.c.due_at).limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
+            claimed = conn.execute(_CLAIM, {"p_limit": limit}).all()
             if not claimed:
                 return 0
             outcomes = work(claimed)
@@ -144,9 +277,9 @@ class Scheduler:
             later = [(job.step_id, outcome.due) for job, outcome in zip(claimed, outcomes, strict=True)
                      if isinstance(outcome, Retry)]
             if done:
-                conn.execute(delete(jobs).where(jobs.c.step_id.in_(done)))
+                conn.execute(_JOBS_DONE, {"p_steps": done})
             for step_id, due in later:
-                conn.execute(update(jobs).where(jobs.c.step_id == step_id).values(due_at=due))
+                conn.execute(_JOB_LATER, {"p_step": step_id, "p_due": due})
         return len(claimed)
 
     def _work(self, job: Any) -> Retry | None:
@@ -160,17 +293,7 @@ class Scheduler:
     def _load(self, conn: Connection, step_id: Any, for_send: bool = False) -> Any:
         """The step with its sequence; ``for_send`` adds, in the same query, the user's sends of the last
         24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
-        query = select(*_STEP_AND_SEQUENCE).join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
-        if for_send:
-            today = (select(func.count().label("sent_today"), func.min(steps.c.sent_at).label("oldest_today"))
-                     .where(steps.c.sent_at > func.now() - dt.timedelta(hours=24)).subquery("d"))
-            others = steps.alias("k")
-            known = (select(others.c.gmail_message_id)
-                     .where(others.c.sequence_id == sequences.c.id, others.c.gmail_message_id.is_not(None)))
-            query = (query.join(today, true())
-                     .add_columns(today.c.sent_today, today.c.oldest_today,
-                                  func.array(known.scalar_subquery()).label("known")))
-        return conn.execute(query.where(steps.c.id == step_id)).first()
+        return conn.execute(_LOAD[for_send], {"p_step": step_id}).first()
 
     def process(self, job: Any) -> Retry | None:
         user = job.user_id
@@ -190,8 +313,7 @@ class Scheduler:
                     return Retry(allowed)
             if step.sent_today >= self.daily_cap:
                 later = step.oldest_today + dt.timedelta(hours=24, seconds=1)
-                conn.execute(update(steps).where(steps.c.id == step.id)
-                             .values(last_error="daily cap reached; deferred"))
+                conn.execute(_DEFER_CAPPED, {"p_step": step.id})
                 return Retry(schedule.fit_window(later, rules) if step.position > 0 else later)
             known = set(step.known or ())
         try:
@@ -205,9 +327,7 @@ class Scheduler:
             self.gmail.forget(user)
             with user_tx(self.engine, user) as conn:
                 lifecycle.pause_all(conn, "gmail_disconnected")
-                conn.execute(update(steps)
-                             .where(steps.c.id == step.id, steps.c.status == "sending", steps.c.position > 0)
-                             .values(status="scheduled"))
+                conn.execute(_BACK_TO_SCHEDULED, {"p_step": step.id})
             return None
         except Transient as exc:
             return self._transient(user, step, exc)
@@ -227,18 +347,12 @@ class Scheduler:
         log.info("gmail busy; step deferred", extra={"step_id": str(step.id), "reason": exc.reason,
                                                      "retry_in_s": delay, "attempts": attempts})
         with user_tx(self.engine, user) as conn:
-            conn.execute(
-                update(steps).where(steps.c.id == step.id)
-                .values(attempts=attempts, last_error=exc.reason,
-                        status=case((and_(steps.c.position > 0, steps.c.status == "sending"), "scheduled"),
-                                    else_=steps.c.status))
-            )
+            conn.execute(_TRANSIENT, {"p_step": step.id, "p_attempts": attempts, "p_error": exc.reason})
         return Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=delay))
 
     def _fail(self, user: str, step: Any, reason: str) -> None:
         with user_tx(self.engine, user) as conn:
-            conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
-                         .values(status="failed", last_error=reason[:300], attempts=steps.c.attempts + 1))
+            conn.execute(_FAILED, {"p_step": step.id, "p_error": reason[:300]})
             lifecycle.stop_sequence(conn, user, step.sequence_id, "failed", None)
 
     # ------------------------------------------------------------------------------------ first email
@@ -260,15 +374,12 @@ class Scheduler:
         with user_tx(self.engine, user) as conn:
             # The fence and the sequence's state, checked in the transaction that commits to the send.
             marked = conn.execute(
-                update(steps)
-                .where(steps.c.id == step.id, steps.c.status.in_(_PENDING), _may_proceed(self.tombstone_key, user))
-                .values(status="sending", sending_since=func.now(), rfc_message_id=rfc)
-                .returning(steps.c.id)
+                _FIRST_SENDING, {"p_step": step.id, "p_rfc": rfc, **fence_params(self.tombstone_key, user)}
             ).first()
             if marked is None:
                 return
-            conn.execute(update(sequences).where(sequences.c.id == step.sequence_id)
-                         .values(history_id=history_id, user_email=user_email))
+            conn.execute(_SEQUENCE_MAILBOX,
+                         {"p_seq": step.sequence_id, "p_history": history_id, "p_user_email": user_email})
         result = self.gmail.send(user, to_raw(raw))
         try:
             # Gmail may put its own Message-ID on a sent message; replies must reference the real one.
@@ -281,20 +392,14 @@ class Scheduler:
                       user_email: str) -> None:
         with user_tx(self.engine, user) as conn:
             done = conn.execute(
-                update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
-                .values(status="sent", sent_at=func.now(), gmail_message_id=message_id, thread_id=thread_id,
-                        rfc_message_id=rfc, sent_body=steps.c.body, last_error=None)
-                .returning(steps.c.sent_at)
+                _FIRST_SENT, {"p_step": step.id, "p_message": message_id, "p_thread": thread_id, "p_rfc": rfc}
             ).first()
             if done is None:
                 return
             live = conn.execute(
-                update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.status.in_(SEQUENCE_LIVE))
-                .values(status="active", thread_id=thread_id, started_at=done.sent_at, updated_at=func.now())
-                .returning(sequences.c.id)
+                _SEQUENCE_STARTED, {"p_seq": step.sequence_id, "p_thread": thread_id, "p_started": done.sent_at}
             ).first()
-            conn.execute(update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.thread_id.is_(None))
-                         .values(thread_id=thread_id))
+            conn.execute(_SEQUENCE_THREAD, {"p_seq": step.sequence_id, "p_thread": thread_id})
             publish_in_tx(conn, SCHEMA, user, ev.SequenceStarted(
                 sequence_id=str(step.sequence_id), contact_id=str(step.contact_id), contact_email=step.to_email,
                 thread_id=thread_id, message_id=message_id,
@@ -303,8 +408,7 @@ class Scheduler:
                 sequence_id=str(step.sequence_id), thread_id=thread_id, message_id=message_id))
             if live is None:
                 # Stopped while the email was on its way: tell the watcher, schedule nothing.
-                reason = conn.execute(select(sequences.c.stop_reason)
-                                      .where(sequences.c.id == step.sequence_id)).scalar()
+                reason = conn.execute(_STOP_REASON, {"p_seq": step.sequence_id}).scalar()
                 publish_in_tx(conn, SCHEMA, user,
                               ev.SequenceStopped(sequence_id=str(step.sequence_id), reason=reason or "cancelled"))
                 return
@@ -315,18 +419,9 @@ class Scheduler:
     def _plan_next(self, conn: Connection, user: str, step: Any, sent_at: dt.datetime, chain: bool) -> None:
         """Set due times from ``sent_at`` (all remaining steps when ``chain``) and queue the next one."""
         rules = lifecycle.rules_of(step)
-        rows = conn.execute(
-            select(steps.c.id, steps.c.delay, steps.c.send_at)
-            .where(steps.c.sequence_id == step.sequence_id, steps.c.position > step.position,
-                   steps.c.status == "scheduled")
-            .order_by(steps.c.position)
-        ).all()
+        rows = conn.execute(_NEXT_STEPS, {"p_seq": step.sequence_id, "p_position": step.position}).all()
         if not rows:
-            ended = conn.execute(
-                update(sequences).where(sequences.c.id == step.sequence_id, sequences.c.status.in_(SEQUENCE_LIVE))
-                .values(status="completed", stopped_at=func.now(), updated_at=func.now())
-                .returning(sequences.c.id)
-            ).first()
+            ended = conn.execute(_COMPLETED, {"p_seq": step.sequence_id}).first()
             if ended is not None:
                 publish_in_tx(conn, SCHEMA, user,
                               ev.SequenceStopped(sequence_id=str(step.sequence_id), reason="completed"))
@@ -337,12 +432,12 @@ class Scheduler:
                 due = schedule.next_due(previous, schedule.parse_delay(row.delay), rules)
             else:
                 due = max(row.send_at, previous)
-            conn.execute(update(steps).where(steps.c.id == row.id).values(due_at=due))
+            conn.execute(_DUE_AT, {"p_step": row.id, "p_due": due})
             if index == 0:
                 # The next job's row could be one a claimer of this process holds (only if a sequence ever
                 # had two jobs): never wait on it for long; the step is retried and finds its send recorded.
                 # (``SET LOCAL lock_timeout = '10s'``.)
-                conn.execute(select(func.set_config("lock_timeout", "10s", True)))
+                conn.execute(_SHORT_LOCK_TIMEOUT)
                 lifecycle.insert_job(conn, user, step.sequence_id, row.id, due)
                 if not chain:
                     return
@@ -351,11 +446,7 @@ class Scheduler:
     # -------------------------------------------------------------------------------------- drafts
     def _create_drafts(self, user: str, sequence_id: Any, user_email: str) -> None:
         with user_tx(self.engine, user) as conn:
-            ids = conn.execute(
-                select(steps.c.id).where(steps.c.sequence_id == sequence_id, steps.c.position > 0,
-                                         steps.c.status == "scheduled", steps.c.draft_id.is_(None))
-                .order_by(steps.c.position)
-            ).scalars().all()
+            ids = conn.execute(_DRAFTLESS, {"p_seq": sequence_id}).scalars().all()
         for step_id in ids:
             try:
                 self._make_draft(user, step_id, user_email)
@@ -373,9 +464,7 @@ class Scheduler:
         """
         with user_tx(self.engine, user) as conn:
             step = self._load(conn, step_id)
-            first = conn.execute(
-                select(steps.c.rfc_message_id).where(steps.c.sequence_id == step.sequence_id, steps.c.position == 0)
-            ).scalar() if step else None
+            first = conn.execute(_FIRST_MESSAGE_ID, {"p_seq": step.sequence_id}).scalar() if step else None
         if step is None or step.status != "scheduled" or not step.thread_id or not first:
             return None
         if step.draft_id:
@@ -383,11 +472,7 @@ class Scheduler:
         rfc = step.rfc_message_id or new_message_id(user_email)
         with user_tx(self.engine, user) as conn:
             intended = conn.execute(
-                update(steps)
-                .where(steps.c.id == step.id, steps.c.draft_id.is_(None), steps.c.status == "scheduled",
-                       _may_proceed(self.tombstone_key, user))
-                .values(rfc_message_id=rfc)
-                .returning(steps.c.id)
+                _DRAFT_INTENT, {"p_step": step.id, "p_rfc": rfc, **fence_params(self.tombstone_key, user)}
             ).first()
         if intended is None:
             return None
@@ -401,13 +486,10 @@ class Scheduler:
             draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
         with user_tx(self.engine, user) as conn:
             kept = conn.execute(
-                update(steps)
-                .where(steps.c.id == step.id, steps.c.draft_id.is_(None), steps.c.status == "scheduled")
-                .values(draft_id=draft["id"], draft_message_id=draft["message"]["id"])
-                .returning(steps.c.id)
+                _DRAFT_KEPT, {"p_step": step.id, "p_draft": draft["id"], "p_draft_message": draft["message"]["id"]}
             ).first()
             if kept is None:
-                conn.execute(insert(draft_deletions).values(user_id=user, draft_id=draft["id"]))
+                conn.execute(_DRAFT_DROPPED, {"p_user": user, "p_draft": draft["id"]})
                 return None
         return draft["id"], draft["message"]["id"]
 
@@ -423,10 +505,7 @@ class Scheduler:
         # The fence and the sequence's state, checked in the transaction that commits to the send.
         with user_tx(self.engine, user) as conn:
             marked = conn.execute(
-                update(steps)
-                .where(steps.c.id == step.id, steps.c.status.in_(_PENDING), _may_proceed(self.tombstone_key, user))
-                .values(status="sending", sending_since=func.coalesce(steps.c.sending_since, func.now()))
-                .returning(steps.c.sending_since)
+                _FOLLOW_UP_SENDING, {"p_step": step.id, **fence_params(self.tombstone_key, user)}
             ).first()
         if marked is None:
             return
@@ -455,8 +534,7 @@ class Scheduler:
             if edited:
                 # Stored before the send, so that a send adopted after a crash records what went out.
                 with user_tx(self.engine, user) as conn:
-                    conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status == "sending")
-                                 .values(edited_in_gmail=True, sent_body=edited_body))
+                    conn.execute(_EDITED, {"p_step": step.id, "p_body": edited_body})
         try:
             result = self.gmail.send_draft(user, draft_id)
         except NotFound:
@@ -504,10 +582,8 @@ class Scheduler:
         """The user deleted the draft in Gmail: that step is cancelled; the sequence goes on without it."""
         log.info("draft deleted in gmail; step cancelled", extra={"step_id": str(step.id)})
         with user_tx(self.engine, user) as conn:
-            conn.execute(update(steps).where(steps.c.id == step.id, steps.c.status.in_(_PENDING))
-                         .values(status="cancelled", cancel_reason="draft_deleted"))
-            rest = conn.execute(select(func.count()).select_from(steps)
-                                .where(steps.c.sequence_id == step.sequence_id, steps.c.status == "scheduled")).scalar()
+            conn.execute(_DRAFT_DELETED, {"p_step": step.id})
+            rest = conn.execute(_STILL_SCHEDULED, {"p_seq": step.sequence_id}).scalar()
             if rest:
                 self._plan_next(conn, user, step, dt.datetime.now(UTC), chain=False)
             else:
@@ -516,13 +592,10 @@ class Scheduler:
     def _record_follow_up(self, user: str, step: Any, message_id: str, edited: bool | None) -> None:
         with user_tx(self.engine, user) as conn:
             # What went out: the edited body when it was edited in Gmail (``edited`` None: as recorded).
-            kept_edit = steps.c.edited_in_gmail if edited is None else literal(edited)
-            done = conn.execute(
-                update(steps).where(steps.c.id == step.id, steps.c.status != "sent")
-                .values(status="sent", sent_at=func.now(), gmail_message_id=message_id, thread_id=step.thread_id,
-                        last_error=None, sent_body=case((kept_edit, steps.c.sent_body), else_=steps.c.body))
-                .returning(steps.c.sent_at)
-            ).first()
+            params: dict[str, Any] = {"p_step": step.id, "p_message": message_id, "p_thread": step.thread_id}
+            if edited is not None:
+                params["p_edited"] = edited
+            done = conn.execute(_FOLLOW_UP_SENT[edited is not None], params).first()
             if done is None:
                 return
             publish_in_tx(conn, SCHEMA, user, ev.SequenceMessageSent(
@@ -538,13 +611,7 @@ class Scheduler:
         removed; any other (a stop, a contact's deletion) is retried a bounded number of times.
         """
         with system_tx(self.engine) as conn:
-            queued = draft_deletions.c
-            rows = conn.execute(
-                select(queued.id, queued.user_id, queued.draft_id, queued.thread_id, queued.rfc_message_id,
-                       queued.attempts, queued.give_up_at)
-                .where(queued.not_before <= func.now()).order_by(queued.not_before).limit(20)
-                .with_for_update(skip_locked=True)
-            ).all()
+            rows = conn.execute(_CLAIM_DRAFTS).all()
             for row in rows:
                 removed = self._delete_draft(row)
                 if removed is None:  # transient: try again later, within its bound
@@ -554,13 +621,12 @@ class Scheduler:
                         exhausted, cap = row.give_up_at <= dt.datetime.now(UTC), 60.0
                     if not exhausted:
                         backoff = dt.timedelta(seconds=min(2.0 ** row.attempts, cap))
-                        conn.execute(update(draft_deletions).where(queued.id == row.id)
-                                     .values(attempts=queued.attempts + 1, not_before=func.now() + backoff))
+                        conn.execute(_DRAFT_LATER, {"p_id": row.id, "p_backoff": backoff})
                         continue
                     removed = False
                 if not removed:
                     fence.count_left(conn, row.user_id)
-                conn.execute(delete(draft_deletions).where(queued.id == row.id))
+                conn.execute(_DRAFT_DONE, {"p_id": row.id})
         finished = fence.finish_purges(self.engine)
         for user in finished:
             self.gmail.forget(user)

@@ -46,9 +46,10 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Consumer as KombuConsumer
 from sqlalchemy import Connection as SAConnection
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import ReturningInsert
 
 from ..db import InvalidUserId, user_tx, validate_user_id
 from ..logging import request_context
@@ -165,7 +166,14 @@ class Consumer:
         self.routing_keys = [check_binding_key(k) for k in routing_keys]
         self.engine = engine
         self.schema = check_schema(schema)
-        self._inbox = schema_tables(self.schema).inbox
+        inbox = schema_tables(self.schema).inbox
+        # Built once (a statement object memoises its cache key); ``p_*`` are never a column's name, which
+        # an INSERT would take for that column's value.
+        self._record: ReturningInsert[tuple[uuid.UUID]] = (
+            insert(inbox).values(event_id=bindparam("p_event", type_=inbox.c.event_id.type),
+                                 user_id=bindparam("p_user", type_=inbox.c.user_id.type))
+            .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
+            .returning(inbox.c.event_id))
         self.handler = handler
         self.prefetch = int(prefetch)
         self.delivery_limit = delivery_limit
@@ -199,12 +207,7 @@ class Consumer:
             if (self.tombstone_key is not None and not event.type.startswith(SAGA_PREFIX)
                     and is_buried(conn, self.schema, self.tombstone_key, event.user_id)):
                 return "dropped"
-            inbox = self._inbox
-            fresh = conn.execute(
-                insert(inbox).values(event_id=uuid.UUID(event.id), user_id=event.user_id)
-                .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
-                .returning(inbox.c.event_id)
-            ).first()
+            fresh = conn.execute(self._record, {"p_event": uuid.UUID(event.id), "p_user": event.user_id}).first()
             if fresh is None:
                 return "duplicate"
             self.handler(conn, event)

@@ -19,6 +19,7 @@ default): an event may name a user, and a purged user must leave nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -34,7 +35,24 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.messaging import Producer
 from sqlalchemy import Connection as SAConnection
-from sqlalchemy import Engine, Text, Uuid, any_, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import (
+    Delete,
+    Engine,
+    Insert,
+    Integer,
+    Select,
+    Text,
+    Update,
+    Uuid,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..db import system_tx, validate_user_id
@@ -66,6 +84,19 @@ def make_envelope(user_id: str, message: Message, request_id: str | None = None)
     }
 
 
+@functools.cache
+def _publish_statements(schema: str) -> tuple[Insert, Select[Any]]:
+    """The outbox insert and the notification of ``schema``, built once per schema (a statement object
+    memoises its cache key). The parameters are ``p_*``: never a column's name, which an INSERT would
+    take for that column's value."""
+    outbox = schema_tables(schema).outbox
+    row = insert(outbox).values(
+        id=bindparam("p_id", type_=outbox.c.id.type), user_id=bindparam("p_user", type_=outbox.c.user_id.type),
+        routing_key=bindparam("p_type", type_=outbox.c.routing_key.type),
+        body=bindparam("p_body", type_=outbox.c.body.type))
+    return row, select(func.pg_notify(notify_channel(schema), ""))
+
+
 def publish_in_tx(
     conn: SAConnection,
     schema: str,
@@ -79,14 +110,14 @@ def publish_in_tx(
     Call it inside ``user_tx(engine, user_id, system=True)`` or ``system_tx(engine)``. Nothing is sent
     unless the transaction commits. ``request_id`` defaults to the logging context's request id.
     """
-    outbox = schema_tables(schema).outbox
+    row, notify = _publish_statements(schema)
     if not conn.in_transaction():
         raise RuntimeError("publish_in_tx needs an open transaction")
     envelope = make_envelope(user_id, message, request_id)
-    conn.execute(insert(outbox).values(id=uuid.UUID(envelope["id"]), user_id=envelope["user_id"],
-                                       routing_key=envelope["type"], body=envelope))
+    conn.execute(row, {"p_id": uuid.UUID(envelope["id"]), "p_user": envelope["user_id"],
+                       "p_type": envelope["type"], "p_body": envelope})
     # Delivered on commit only; identical notifications in one transaction are folded into one.
-    conn.execute(select(func.pg_notify(notify_channel(schema), "")))
+    conn.execute(notify)
     event_id: str = envelope["id"]
     return event_id
 
@@ -117,6 +148,33 @@ class _Listener:
             self._conn.close()
 
 
+class _RelayStatements:
+    """The relay's statements on one schema's outbox, built once per schema (``_relay_statements``)."""
+
+    def __init__(self, schema: str) -> None:
+        outbox = schema_tables(schema).outbox
+        row_id = bindparam("p_id", type_=outbox.c.id.type)
+        # Unpublished rows but those in ``p_skip``, ``p_limit`` at most. The body as PostgreSQL prints
+        # it: published as stored, byte for byte.
+        self.claim: Select[Any] = (
+            select(outbox.c.id, outbox.c.routing_key, cast(outbox.c.body, Text).label("body"), outbox.c.attempts)
+            .where(outbox.c.published_at.is_(None),
+                   ~(outbox.c.id == any_(bindparam("p_skip", type_=ARRAY(Uuid(as_uuid=False))))))
+            .order_by(outbox.c.created_at, outbox.c.id)
+            .limit(bindparam("p_limit", type_=Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        self.delete: Delete = delete(outbox).where(outbox.c.id == row_id)
+        self.mark_published: Update = (update(outbox).where(outbox.c.id == row_id)
+                                       .values(published_at=func.now(), attempts=outbox.c.attempts + 1))
+        self.count_attempt: Update = update(outbox).where(outbox.c.id == row_id).values(attempts=outbox.c.attempts + 1)
+
+
+@functools.cache
+def _relay_statements(schema: str) -> _RelayStatements:
+    return _RelayStatements(schema)
+
+
 class OutboxRelay:
     """Moves committed outbox rows of one schema to ``<prefix>.events``.
 
@@ -140,6 +198,7 @@ class OutboxRelay:
         self.engine = engine
         self.schema = check_schema(schema)
         self._outbox = schema_tables(self.schema).outbox
+        self._statements = _relay_statements(self.schema)
         self.amqp_url = amqp_url
         self.prefix = check_name(prefix, "prefix")
         self.batch_size = int(batch_size)
@@ -229,19 +288,11 @@ class OutboxRelay:
         self._retry_after = {k: v for k, v in self._retry_after.items() if v > now}
         skip = list(self._retry_after)
         s = self.schema
-        outbox = self._outbox
+        statements = self._statements
         published = unroutable = 0
         error: BaseException | None = None
         with system_tx(self.engine) as conn:
-            rows = conn.execute(
-                # The body as PostgreSQL prints it: published as stored, byte for byte.
-                select(outbox.c.id, outbox.c.routing_key, cast(outbox.c.body, Text).label("body"), outbox.c.attempts)
-                .where(outbox.c.published_at.is_(None),
-                       ~(outbox.c.id == any_(bindparam("skip", skip, type_=ARRAY(Uuid(as_uuid=False))))))
-                .order_by(outbox.c.created_at, outbox.c.id)
-                .limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
+            rows = conn.execute(statements.claim, {"p_skip": skip, "p_limit": self.batch_size}).all()
             for row in rows:
                 try:
                     ok = self._publish(producer, row)
@@ -249,14 +300,13 @@ class OutboxRelay:
                     error = exc
                     break
                 if ok and self.retention <= timedelta(0):
-                    conn.execute(delete(outbox).where(outbox.c.id == row.id))
+                    conn.execute(statements.delete, {"p_id": row.id})
                     published += 1
                 elif ok:
-                    conn.execute(update(outbox).where(outbox.c.id == row.id)
-                                 .values(published_at=func.now(), attempts=outbox.c.attempts + 1))
+                    conn.execute(statements.mark_published, {"p_id": row.id})
                     published += 1
                 else:
-                    conn.execute(update(outbox).where(outbox.c.id == row.id).values(attempts=outbox.c.attempts + 1))
+                    conn.execute(statements.count_attempt, {"p_id": row.id})
                     unroutable += 1
                     delay = min(0.5 * 2 ** min(row.attempts, 10), 60.0)
                     self._retry_after[str(row.id)] = time.monotonic() + delay
