@@ -33,18 +33,22 @@ class VaultDouble(vault_pb2_grpc.TokenVaultServicer):
     emails: dict[str, str] = field(default_factory=dict)  # user id -> Google account
     disconnected: set[str] = field(default_factory=set)
     calls: int = 0
+    asked: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)  # user id -> scope sets asked for
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _tokens: dict[str, tuple[str, dt.datetime]] = field(default_factory=dict)
 
     def connect(self, user_id: str, email: str) -> None:
+        """A (new) grant for the user: the token issued for an earlier one is not handed out again."""
         with self._lock:
             self.emails[user_id] = email
             self.disconnected.discard(user_id)
+            self._tokens.pop(user_id, None)
 
     def GetAccessToken(self, request, context):  # noqa: N802 - the gRPC method name
         user_id = current_user()
         with self._lock:
             self.calls += 1
+            self.asked.setdefault(user_id, set()).add(tuple(request.scopes))
             email = self.emails.get(user_id)
             if email is None or user_id in self.disconnected:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs_reconnect")

@@ -223,8 +223,16 @@ def test_check_mailbox_from_the_gateway_makes_a_watched_mailbox_due_at_once(worl
     seq = send_first_email(world.sandbox.gmail, world.user_id, world.email, "quin@contact.example")
     world.event(seq.started())
     world.admin("UPDATE watcher.mailboxes SET due_at = now() + interval '1 hour' WHERE user_id = %s", world.user_id)
+    world.sandbox.gmail.deliver(world.email, "quin@contact.example", thread_id=seq.thread_id)
+    pushed = world.sandbox.gmail.mailbox(world.email)["historyId"]
+    woken.clear()
     with as_service("auth-gateway") as stub:
-        reply = stub.CheckMailbox(watcher_pb2.CheckMailboxRequest(email=world.email.upper(), history_id="1"),
+        # A history id the cursor has already passed (a late or duplicated push) schedules nothing.
+        stale = stub.CheckMailbox(watcher_pb2.CheckMailboxRequest(email=world.email, history_id="1"),
+                                  metadata=call_metadata(None), timeout=10)
+        assert stale.scheduled is False and not woken.is_set()
+        assert world.mailbox()["deferred"] is True
+        reply = stub.CheckMailbox(watcher_pb2.CheckMailboxRequest(email=world.email.upper(), history_id=str(pushed)),
                                   metadata=call_metadata(None), timeout=10)
         assert reply.scheduled and woken.is_set()
         assert world.mailbox()["deferred"] is False

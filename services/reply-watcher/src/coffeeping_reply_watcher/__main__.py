@@ -27,9 +27,12 @@ def main() -> None:
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
     poller = Poller(engine, tokens, settings.gmail_api_endpoint, interval_s=settings.poll_interval_s,
                     concurrency=settings.concurrency, takeover_grace_s=settings.takeover_grace_s,
-                    max_backoff_s=settings.max_backoff_s)
+                    max_backoff_s=settings.max_backoff_s, push_topic=settings.gmail_push_topic or None,
+                    fallback_interval_s=settings.fallback_interval_s, tombstone_key=settings.tombstone_key)
+    # The relay wakes on each commit's notification (a detection goes out at once); looking for rows on
+    # its own every 5 s rather than 5 times a second is most of what an idle watcher saves.
     messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
-                                  make_handler(settings.tombstone_key, tokens, poller.wake.set))
+                                  make_handler(settings.tombstone_key, tokens, poller.wake.set), relay_poll_s=5.0)
     server = serve(
         SERVICE,
         [(watcher_pb2_grpc.add_ReplyWatcherServicer_to_server, ReplyWatcherServicer(engine, poller.wake.set),

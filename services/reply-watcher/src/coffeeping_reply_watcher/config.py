@@ -1,9 +1,21 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from coffeeping.common.config import host_port, integer, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
+
+# The shape Gmail's users.watch accepts (its own error: "Invalid topicName does not match
+# projects/SOME_PROJECT/topics/SOME_TOPIC").
+_TOPIC = re.compile(r"^projects/[^/\s]+/topics/[^/\s]+$")
+
+
+def push_topic(raw: str) -> str:
+    """A Cloud Pub/Sub topic name, ``projects/<project>/topics/<topic>`` (empty: push off)."""
+    if raw and not _TOPIC.match(raw):
+        raise ValueError("must be projects/<project>/topics/<topic>")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -19,3 +31,8 @@ class Settings(ServiceSettings):
     takeover_grace_s: float = setting("REPLY_WATCHER_TAKEOVER_GRACE_S", number(0.0), default=15.0)
     # Ceiling of the per-user backoff after 429/5xx answers.
     max_backoff_s: float = setting("REPLY_WATCHER_MAX_BACKOFF_S", number(1.0), default=1800.0)
+    # Gmail push (docs/PUSH.md): the topic users.watch names, shared with the deployment's Pub/Sub set-up.
+    # Unset, push is off: nothing is watched and every mailbox is polled on REPLY_WATCHER_POLL_INTERVAL_S.
+    gmail_push_topic: str = setting("GMAIL_PUSH_TOPIC", push_topic, default="")
+    # With push on, a mailbox whose watch holds is still polled this often: the safety net for lost pushes.
+    fallback_interval_s: float = setting("REPLY_WATCHER_FALLBACK_INTERVAL_S", number(1.0), default=900.0)

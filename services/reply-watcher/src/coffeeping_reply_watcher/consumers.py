@@ -22,7 +22,8 @@ ROUTING_KEYS = consumed_by(SERVICE)
 def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
                  on_due: Callable[[], None] | None = None) -> Handler:
     """The consumer's handler; ``tombstone_key`` names purged users, ``tokens`` drops a cached access
-    token when the grant goes away and ``on_due`` wakes the poller when a mailbox became due at once."""
+    token when the grant goes away and ``on_due`` wakes the poller when a mailbox became due, or a
+    Gmail watch must be made or stopped, at once."""
 
     def handle(conn: Connection, event: Event) -> None:
         user_id = event.user_id
@@ -36,15 +37,19 @@ def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
             case ev.SequenceStopped() as stopped:
                 services.unwatch_sequence(conn, user_id, stopped)
             case ev.GmailDisconnected():
-                services.pause(conn, user_id)
+                if services.pause(conn, user_id) and on_due:
+                    on_due()  # the watch's stop is queued
                 if tokens:
                     tokens.forget(user_id)
             case ev.GmailConnected() as connected:
                 services.resume(conn, user_id, connected)
                 if tokens:
                     tokens.forget(user_id)
+                if on_due:
+                    on_due()  # polled and watched again at once
             case ev.AccountDeletionRequested() as requested:
-                services.purge_user(conn, user_id, requested, tombstone_key)
+                if services.purge_user(conn, user_id, requested, tombstone_key) and on_due:
+                    on_due()  # the watch's stop is queued (it fetches a token of its own)
                 if tokens:
                     tokens.forget(user_id)
             case _:

@@ -39,9 +39,34 @@ mailboxes = Table(
     Column("failures", Integer, nullable=False, server_default="0"),
     Column("last_polled_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    # Gmail push (docs/PUSH.md): the watch we hold (its expiry; NULL: none), when to make or renew it,
+    # and the failures since the last success (the last reason as a short code).
+    Column("watch_expires_at", DateTime(timezone=True)),
+    Column("watch_due_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("watch_failures", Integer, nullable=False, server_default="0"),
+    Column("watch_error", Text),
+    # When a poll claimed the mailbox (NULL: none in flight), the latest push, and the highest history id
+    # that pushes named and no read has covered yet: pushes during a poll coalesce into one more read.
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("pushed_at", DateTime(timezone=True)),
+    Column("pushed_history_id", Numeric(20, 0)),
 )
 Index("mailboxes_due_idx", mailboxes.c.due_at, postgresql_where=text("NOT paused"))
 Index("mailboxes_email_idx", func.lower(mailboxes.c.email))
+Index("mailboxes_watch_due_idx", mailboxes.c.watch_due_at, postgresql_where=text("NOT paused"))
+
+# Gmail watches to stop (users.stop), outside any transaction: the user id only, and the deletion to
+# report once stopped when an account deletion queued it. Deleted when done or after bounded attempts.
+watch_stops = Table(
+    "watch_stops",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("deletion_id", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("watch_stops_due_idx", "due_at"),
+)
 
 # The threads of running sequences (one thread per sequence).
 watches = Table(

@@ -16,6 +16,12 @@ One poll of one user:
 
 429 and 5xx answers put the user on an exponential backoff; a grant that needs reconnecting skips the
 user (the vault's ``gmail.disconnected`` event pauses the mailbox until ``gmail.connected``).
+
+Gmail push (``push_topic`` set, docs/PUSH.md): the same loop and thread pool also make and renew each
+mailbox's ``users.watch`` and run the queued ``users.stop`` calls, each outside any transaction. A
+watched mailbox is polled every ``fallback_interval_s`` instead of ``interval_s``, and such a safety-net
+poll first asks ``getProfile`` (1 unit) whether the mailbox moved past the cursor at all (one query
+before, one after); a push makes the mailbox due, and wakes the loop, at once.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +49,17 @@ from coffeeping.common.gmail import (
     classify_received,
 )
 from coffeeping_reply_watcher import services
-from coffeeping_reply_watcher.services import Decision, MailboxState
+from coffeeping_reply_watcher.services import Decision, MailboxState, StopItem
 
 log = logging.getLogger(__name__)
 
 _PAGE_SIZE = 500
+# What users.watch asks for: only the changes the watcher acts on notify (replies and bounces arrive in
+# INBOX, the user writing in a thread from Gmail adds a SENT message); drafts and the rest do not.
+WATCH_LABELS = ("INBOX", "SENT")
+# A queued users.stop is tried this many times (backoff 1 s doubling, at most 2 minutes), then dropped.
+STOP_ATTEMPTS = 8
+_STOP_BACKOFF_CAP_S = 120.0
 
 def _from_header(message: dict) -> str | None:
     for header in (message.get("payload") or {}).get("headers") or []:
@@ -56,13 +69,19 @@ def _from_header(message: dict) -> str | None:
 
 
 class Retry(Exception):
-    """The poll could not finish; try the user again after ``delay_s`` (``failed``: count a failure)."""
+    """The poll could not finish; try the user again after ``delay_s`` (``failed``: count a failure).
 
-    def __init__(self, reason: str, delay_s: float | None = None, failed: bool = True) -> None:
+    ``kind`` says what a retry can change: ``transient`` (an outage, a rate limit), ``grant_gone`` (the
+    user's grant is revoked or needs reconnecting) or ``refused`` (Gmail refuses the request as made).
+    """
+
+    def __init__(self, reason: str, delay_s: float | None = None, failed: bool = True,
+                 kind: str = "transient") -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay_s = delay_s
         self.failed = failed
+        self.kind = kind
 
 
 @dataclass
@@ -95,6 +114,9 @@ class Poller:
         lease_s: float = 300.0,
         gmail_timeout_s: float = 30.0,
         gmail: GmailClients | None = None,
+        push_topic: str | None = None,
+        fallback_interval_s: float = 900.0,
+        tombstone_key: bytes = b"",
     ) -> None:
         self.engine = engine
         self.tokens = tokens
@@ -107,32 +129,53 @@ class Poller:
         self.gmail_timeout_s = gmail_timeout_s
         self.gmail = gmail or GmailClients(gmail_endpoint, tokens, timeout_s=gmail_timeout_s)
         self.wake = threading.Event()  # set by CheckMailbox to look for due mailboxes at once
+        # Gmail push: the topic users.watch names (None: push off, nothing is watched).
+        self.push_topic = push_topic or None
+        self.fallback_s = fallback_interval_s if self.push_topic else None
+        self.tombstone_key = tombstone_key
+        # The first retry of a failed users.watch (doubling up to max_backoff_s).
+        self.watch_retry_s = max(1.0, min(interval_s, 60.0))
+        # How often the loop looks for due work. With push on, what falls due on a schedule (safety-net
+        # polls, renewals, retries) can wait a few seconds, and what cannot (a push, a new mailbox, a
+        # queued stop) wakes the loop: fewer, larger claims.
+        self.tick_s = min(5.0 if self.push_topic else 1.0, max(0.05, interval_s / 4))
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Claim due mailboxes and poll them on a thread pool until ``stop`` is set."""
-        tick = min(1.0, max(0.05, self.interval_s / 4))
+        """Claim due polls, stops and watches and run them on a thread pool until ``stop`` is set."""
+        tick = self.tick_s
         inflight: set[futures.Future] = set()
+        quick = 0  # after a wake, look again soon: what woke us may commit a moment later
         with futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="watcher-poll") as pool:
             while not stop.is_set():
                 inflight = {f for f in inflight if not f.done()}
-                free = self.concurrency - len(inflight)
-                claimed: list[str] = []
-                if free > 0:
-                    try:
-                        claimed = services.claim_due(self.engine, free, self.lease_s)
-                    except Exception as exc:  # noqa: BLE001 - the database comes back; keep the loop alive
-                        log.warning("claiming due mailboxes failed", extra={"error": type(exc).__name__})
-                        stop.wait(tick * 4)
-                for user_id in claimed:
-                    inflight.add(pool.submit(self.poll_user, user_id))
+                try:
+                    for job, item in self._claim(self.concurrency - len(inflight)):
+                        inflight.add(pool.submit(job, item))
+                except Exception as exc:  # noqa: BLE001 - the database comes back; keep the loop alive
+                    log.warning("claiming due work failed", extra={"error": type(exc).__name__})
+                    stop.wait(tick * 4)
                 if len(inflight) >= self.concurrency:
                     futures.wait(inflight, timeout=tick, return_when=futures.FIRST_COMPLETED)
                 else:
                     # Everything due is taken: look again after a tick, or at once when a push wakes us.
-                    self.wake.wait(tick)
+                    woken = self.wake.wait(min(tick, 0.05) if quick else tick)
                     self.wake.clear()
+                    quick = 3 if woken else max(quick - 1, 0)
             futures.wait(inflight, timeout=self.lease_s)
+
+    def _claim(self, free: int) -> list[tuple[Callable[[Any], Any], Any]]:
+        """Up to ``free`` jobs: due polls first, then queued watch stops, then watches to make or renew."""
+        jobs: list[tuple[Callable[[Any], Any], Any]] = []
+        if free > 0:
+            jobs += [(self.poll_user, u)
+                     for u in services.claim_due(self.engine, free, self.lease_s, bool(self.push_topic))]
+        if free - len(jobs) > 0:
+            jobs += [(self.stop_watch, s) for s in services.claim_stops(self.engine, free - len(jobs), self.lease_s)]
+        if self.push_topic and free - len(jobs) > 0:
+            jobs += [(self.watch_user, u)
+                     for u in services.claim_watches(self.engine, free - len(jobs), self.lease_s)]
+        return jobs
 
     def poll_due_once(self) -> list[PollResult]:
         """Poll every mailbox due now, ``concurrency`` at a time, and return (tests, benchmarks)."""
@@ -143,6 +186,20 @@ class Poller:
                 if not claimed:
                     return results
                 results.extend(pool.map(self.poll_user, claimed))
+
+    def push_due_once(self) -> list[str]:
+        """Run every queued stop and make or renew every watch due now; their outcomes (tests, benchmarks)."""
+        outcomes: list[str] = []
+        with futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="watcher-push") as pool:
+            while True:
+                jobs: list[tuple[Callable[[Any], str], Any]] = [
+                    (self.stop_watch, s) for s in services.claim_stops(self.engine, self.concurrency * 4, self.lease_s)]
+                if self.push_topic:
+                    jobs += [(self.watch_user, u)
+                             for u in services.claim_watches(self.engine, self.concurrency * 4, self.lease_s)]
+                if not jobs:
+                    return outcomes
+                outcomes.extend(pool.map(lambda job: job[0](job[1]), jobs))
 
     # -- one user -------------------------------------------------------------------------------------
     def poll_user(self, user_id: str) -> PollResult:
@@ -175,35 +232,67 @@ class Poller:
             return self.lease_s
 
     def _poll(self, user_id: str) -> PollResult:
+        if self.push_topic:
+            cursor = services.quiet_cursor(self.engine, user_id)
+            if cursor is not None and self._guarded(user_id, lambda: self._quiet(user_id, cursor)):
+                return PollResult(user_id, "polled")
         state = services.load_state(self.engine, user_id)
         if state is None:
             return PollResult(user_id, "gone")
         if not state.watches:
-            services.commit_poll(self.engine, user_id, [], None, set(), self.interval_s)
+            services.commit_poll(self.engine, user_id, [], None, set(), self.interval_s, self.fallback_s)
             return PollResult(user_id, "polled")
+        return self._guarded(user_id, lambda: self._read(state))
+
+    def _quiet(self, user_id: str, cursor: int) -> bool:
+        """The safety net's poll of a watched mailbox: 1 unit (getProfile) tells whether its history moved
+        at all; True (and the next poll scheduled) when it did not."""
+        gmail = self.gmail.for_user(user_id, (SCOPE_METADATA,))
+        current = int(gmail.execute(gmail.users.getProfile(userId="me"))["historyId"])
+        if current > cursor:
+            return False
+        if services.commit_quiet(self.engine, user_id, self.interval_s, self.fallback_s):
+            self.wake.set()  # a push came during the check: read at once
+        return True
+
+    def _guarded(self, user_id: str, call: Callable[[], Any]) -> Any:
+        """``call()``, its Gmail and token failures turned into ``Retry``."""
         try:
-            token = self.tokens.get(user_id, scopes=(SCOPE_METADATA,))
-            # Metadata-only tokens: Gmail then refuses this service any message content, even by mistake.
-            gmail = self.gmail.for_user(user_id, (SCOPE_METADATA,))
-            own_email = (token.email or state.email).lower()
-            return self._poll_mailbox(state, gmail, own_email)
-        except NeedsReconnect:
+            return call()
+        except Exception as exc:
+            retry = self._retry_for(user_id, exc)
+            if retry is None:
+                raise
+            raise retry from None
+
+    def _read(self, state: MailboxState) -> PollResult:
+        token = self.tokens.get(state.user_id, scopes=(SCOPE_METADATA,))
+        # Metadata-only tokens: Gmail then refuses this service any message content, even by mistake.
+        gmail = self.gmail.for_user(state.user_id, (SCOPE_METADATA,))
+        own_email = (token.email or state.email).lower()
+        return self._poll_mailbox(state, gmail, own_email)
+
+    def _retry_for(self, user_id: str, exc: Exception) -> Retry | None:
+        """What a failed Gmail call (or token fetch) means for the user; None for anything unexpected."""
+        if isinstance(exc, NeedsReconnect):
             # Skipped until gmail.connected; the vault's gmail.disconnected event pauses the mailbox.
-            raise Retry("needs_reconnect", delay_s=self.max_backoff_s, failed=False) from None
-        except RefreshError:
+            return Retry("needs_reconnect", delay_s=self.max_backoff_s, failed=False, kind="grant_gone")
+        if isinstance(exc, RefreshError):
             self.gmail.forget(user_id)
-            raise Retry("token_refused", delay_s=self.interval_s) from None
-        except VaultUnavailable:
-            raise Retry("vault_unavailable") from None
-        except HttpError as exc:
+            return Retry("token_refused", delay_s=self.interval_s, kind="grant_gone")
+        if isinstance(exc, VaultUnavailable):
+            return Retry("vault_unavailable")
+        if isinstance(exc, HttpError):
             status = int(getattr(exc.resp, "status", 0) or 0)
             if status == 429 or status >= 500 or (status == 403 and _rate_limit_reason(exc)):
-                raise Retry(f"gmail_{status}", delay_s=_retry_after(exc)) from None
+                return Retry(f"gmail_{status}", delay_s=_retry_after(exc))
             if status == 401:
                 self.gmail.forget(user_id)
-            raise Retry(f"gmail_{status}") from None
-        except (TransportError, OSError, TimeoutError) as exc:
-            raise Retry(f"gmail_unreachable:{type(exc).__name__}") from None
+                return Retry("gmail_401", kind="grant_gone")
+            return Retry(f"gmail_{status}", kind="refused")
+        if isinstance(exc, (TransportError, OSError, TimeoutError)):
+            return Retry(f"gmail_unreachable:{type(exc).__name__}")
+        return None
 
     def _poll_mailbox(self, state: MailboxState, gmail: UserGmail, own_email: str) -> PollResult:
         users = gmail.users
@@ -230,7 +319,15 @@ class Poller:
             self._thread(gmail, thread_id, candidates)
 
         decisions = self._decide(state, gmail, candidates, own_email)
-        events = services.commit_poll(self.engine, state.user_id, decisions, new_cursor, recheck, self.interval_s)
+        # A SENT message not (yet) claimed by the mailer is decided after the grace period: come back then
+        # rather than after the (long) fallback interval.
+        undecided = {p.message_id for p in state.pending} - {d.message_id for d in decisions if d.was_pending}
+        waiting = bool(undecided) or any(d.outcome == "pending_sent" for d in decisions)
+        events, again = services.commit_read(self.engine, state.user_id, decisions, new_cursor, recheck,
+                                             self.interval_s, self.fallback_s,
+                                             self.takeover_grace_s + 0.5 if waiting else None)
+        if again:
+            self.wake.set()  # a push came during this poll, naming a change past what it read
         for event in events:
             log.info("detection published", extra={"user_id": state.user_id, "event_type": event["type"],
                                                    "message_id": event["payload"]["message_id"],
@@ -309,6 +406,75 @@ class Poller:
             elif item.seen_at <= cutoff and item.thread_id in state.threads:
                 decisions.append(Decision(message_id, item.thread_id, "takeover", was_pending=True))
         return decisions
+
+    # -- Gmail push: one user's watch, one queued stop --------------------------------------------------
+    def watch_user(self, user_id: str) -> str:
+        """Make or renew the user's ``users.watch``: ``watched``, ``gone`` (the mailbox went, or was paused,
+        meanwhile: the new watch is queued for a stop unless the user was deleted) or ``failed``
+        (recorded; retried with backoff)."""
+        try:
+            return self._watch(user_id)
+        except Exception as exc:  # noqa: BLE001 - the database comes back; the lease brings the watch back
+            log.warning("gmail watch errored", extra={"error": type(exc).__name__})
+            return "error"
+
+    def _watch(self, user_id: str) -> str:
+        body = {"topicName": self.push_topic, "labelIds": list(WATCH_LABELS), "labelFilterBehavior": "include"}
+        try:
+            gmail = self.gmail.for_user(user_id, (SCOPE_METADATA,))
+            reply = gmail.execute(gmail.users.watch(userId="me", body=body))
+            expires_at = dt.datetime.fromtimestamp(int(reply["expiration"]) / 1000, dt.UTC)
+            history_id = int(reply.get("historyId") or 0) or None
+        except Exception as exc:  # noqa: BLE001 - one user's failure never stops the others
+            retry = self._retry_for(user_id, exc) or Retry(f"unexpected:{type(exc).__name__}")
+            delay = services.watch_failed(self.engine, user_id, retry.reason, self.watch_retry_s,
+                                          self.max_backoff_s, self.interval_s, retry.delay_s)
+            # The reason is on the mailbox row (watch_error); no user id here: a deletion may be under way.
+            log.warning("gmail watch failed", extra={"reason": retry.reason, "retry_in_s": delay})
+            return "failed"
+        kept = services.commit_watch(self.engine, user_id, expires_at, history_id, self.tombstone_key)
+        if kept:
+            self.wake.set()  # a new watch makes the mailbox due for one read
+        return "watched" if kept else "gone"
+
+    def stop_watch(self, item: StopItem) -> str:
+        """Run one queued ``users.stop``: ``stopped``, ``grant_gone`` (the watch ended with the grant),
+        ``refused``, ``superseded`` (the mailbox is wanted again: no stop), ``gave_up`` (after
+        ``STOP_ATTEMPTS``) or ``retry``. A deletion's stop reports ``account.purged`` once done."""
+        try:
+            return self._stop(item)
+        except Exception as exc:  # noqa: BLE001 - the database comes back; the lease brings the stop back
+            log.warning("gmail watch stop errored", extra={"error": type(exc).__name__})
+            return "error"
+
+    def _stop(self, item: StopItem) -> str:
+        user_id = item.user_id
+        if item.deletion_id is None and services.wants_watch(self.engine, user_id):
+            services.finish_stop(self.engine, user_id, called_gmail=False)
+            return "superseded"
+        try:
+            gmail = self.gmail.for_user(user_id, (SCOPE_METADATA,))
+            gmail.execute(gmail.users.stop(userId="me"))
+            outcome = "stopped"
+        except Exception as exc:  # noqa: BLE001 - one user's failure never stops the others
+            retry = self._retry_for(user_id, exc) or Retry(f"unexpected:{type(exc).__name__}")
+            if retry.kind != "transient":
+                outcome = retry.kind  # grant_gone or refused: nothing a retry could change
+            elif item.attempts + 1 < STOP_ATTEMPTS:
+                delay = max(min(2.0 ** item.attempts, _STOP_BACKOFF_CAP_S), retry.delay_s or 0.0)
+                services.retry_stop(self.engine, user_id, delay)
+                log.warning("gmail watch stop deferred", extra={"reason": retry.reason, "attempt": item.attempts + 1,
+                                                                "retry_in_s": delay})
+                return "retry"
+            else:
+                outcome = "gave_up"
+        deletion_id = services.finish_stop(self.engine, user_id, called_gmail=outcome == "stopped")
+        if outcome == "stopped" and not deletion_id:
+            self.wake.set()  # a mailbox watched again meanwhile gets its watch back
+        if item.deletion_id or deletion_id:
+            self.gmail.forget(user_id)  # nothing of a deleted user stays in memory
+        log.info("gmail watch stop done", extra={"outcome": outcome, "deletion_id": deletion_id or ""})
+        return outcome
 
 
 def _retry_after(exc: HttpError) -> float | None:

@@ -35,7 +35,10 @@ class ReplyWatcherServicer(watcher_pb2_grpc.ReplyWatcherServicer):
                      context: grpc.ServicerContext) -> watcher_pb2.CheckMailboxResponse:
         if len(request.email) > 320 or len(request.history_id) > 32:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "email or history_id too long")
-        scheduled = services.schedule_check(self.engine, request.email)
+        # The mailbox's history id after the change: a push the cursor has already passed is not read again.
+        # Anything but digits is ignored (the mailbox is then read, as for a push naming no history id).
+        history_id = int(request.history_id) if request.history_id.isdigit() else None
+        scheduled = services.schedule_check(self.engine, request.email, history_id)
         if scheduled and self.wake:
             self.wake()
         log.info("mailbox check requested", extra={"scheduled": scheduled})

@@ -4,6 +4,11 @@ Event handlers (``watch_sequence`` ...) run inside the consumer's transaction fo
 keeps its database work short: ``claim_due`` (system scope, a lease on each claimed mailbox),
 ``load_state`` before talking to Gmail, and ``commit_poll`` after, in one transaction that records every
 outcome, publishes the detections through the outbox and advances the cursor (never backwards).
+
+Gmail push (docs/PUSH.md) works the same way: ``claim_watches`` / ``commit_watch`` / ``watch_failed``
+around each ``users.watch``, ``claim_stops`` / ``finish_stop`` / ``retry_stop`` around each
+``users.stop``; no Gmail call ever runs inside a transaction. Event handlers only queue stops
+(``watch_stops``), and a push only makes a mailbox due (``schedule_check``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,22 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql import ColumnElement
 
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import encode_payload, forget_user, publish_in_tx
-from coffeeping.common.tombstones import bury
+from coffeeping.common.tombstones import bury, is_buried
 from coffeeping.events.v1 import events_pb2 as ev
-from coffeeping_reply_watcher.models import DETECTIONS, mailboxes, seen_messages, sent_messages, watches
+from coffeeping_reply_watcher.models import (
+    DETECTIONS,
+    mailboxes,
+    seen_messages,
+    sent_messages,
+    watch_stops,
+    watches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +43,8 @@ SERVICE = "reply-watcher"
 DETECTION_FOR = {"reply": ev.ReplyDetected, "bounce": ev.BounceDetected, "takeover": ev.TakeoverDetected}
 _MAX_ID = 256
 _MAX_HISTORY_ID = 2**63 - 1  # the cursor is a bigint
+# A watch is renewed this long before it expires (half its remaining life when that is shorter).
+RENEW_BEFORE = dt.timedelta(days=1)
 
 
 class BadPayload(ValueError):
@@ -112,32 +127,59 @@ def unwatch_sequence(conn: Connection, user_id: str, stopped: ev.SequenceStopped
 
 
 def _drop_mailbox_if_idle(conn: Connection, user_id: str) -> bool:
+    """Forget the mailbox once no sequence of the user is live; its Gmail watch is queued for a stop."""
     # ``mailboxes`` is open to system scope (the schedule): always name the user explicitly.
     if conn.execute(select(watches.c.sequence_id).where(watches.c.user_id == user_id).limit(1)).first() is None:
-        conn.execute(delete(mailboxes).where(mailboxes.c.user_id == user_id))
+        gone = conn.execute(delete(mailboxes).where(mailboxes.c.user_id == user_id)
+                            .returning(mailboxes.c.watch_expires_at)).first()
+        if gone is not None and _holds_watch(gone.watch_expires_at):
+            queue_stop(conn, user_id)
         return True
     return False
 
 
-def pause(conn: Connection, user_id: str) -> None:
-    """``gmail.disconnected``: stop polling the user until ``gmail.connected``."""
-    conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(paused=True))
+def _holds_watch(expires_at: dt.datetime | None) -> bool:
+    return expires_at is not None and expires_at > dt.datetime.now(dt.UTC)
+
+
+def pause(conn: Connection, user_id: str) -> bool:
+    """``gmail.disconnected``: stop polling the user until ``gmail.connected``, and queue the stop of
+    the Gmail watch (True when one was queued). The vault may have revoked the grant already: the stop
+    then fails for want of a grant, which counts as done (the watch ended with the grant)."""
+    held = conn.execute(select(mailboxes.c.watch_expires_at).where(mailboxes.c.user_id == user_id)
+                        .with_for_update()).first()
+    if held is None:
+        return False
+    # watch_due_at now: once resumed, the mailbox is watched again at once.
+    conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id)
+                 .values(paused=True, watch_expires_at=None, watch_due_at=func.now()))
+    if _holds_watch(held.watch_expires_at):
+        queue_stop(conn, user_id)
+        return True
+    return False
 
 
 def resume(conn: Connection, user_id: str, connected: ev.GmailConnected) -> None:
-    """``gmail.connected``: poll again at once (the cursor still holds, or a 404 re-checks).
+    """``gmail.connected``: poll again at once (the cursor still holds, or a 404 re-checks), and watch
+    the mailbox again at once.
 
     A different Google account is another mailbox: the old one's cursor, threads and message ids mean
     nothing there, so everything the watcher knew of the user goes (the mailer stops the old account's
-    sequences with ``gmail_account_changed``).
+    sequences with ``gmail_account_changed``). A stop still queued for the old mailbox goes too: the
+    only token now is the new account's, and the old watch ends with the old grant or within 7 days
+    (its pushes name an address nobody watches, so they do nothing).
     """
     email = _text(connected.email, "email", required=False).lower()
-    known = conn.execute(select(mailboxes.c.email).where(mailboxes.c.user_id == user_id)).scalar_one_or_none()
+    # Locked first, as in purge_user: a poll committing meanwhile cannot leave outcomes behind.
+    known = conn.execute(select(mailboxes.c.email).where(mailboxes.c.user_id == user_id)
+                         .with_for_update()).scalar_one_or_none()
     if known and email and known.lower() != email:
         forget_mailbox(conn, user_id)
+        conn.execute(delete(watch_stops).where(watch_stops.c.user_id == user_id, watch_stops.c.deletion_id.is_(None)))
         log.info("gmail account changed; watcher state reset")
         return
-    values: dict = {"paused": False, "due_at": func.now(), "failures": 0}
+    values: dict = {"paused": False, "due_at": func.now(), "failures": 0, "watch_due_at": func.now(),
+                    "watch_failures": 0, "watch_error": None}
     if email:
         values["email"] = email
     conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(**values))
@@ -149,35 +191,87 @@ def forget_mailbox(conn: Connection, user_id: str) -> dict[str, int]:
             for table in (watches, sent_messages, seen_messages, mailboxes)}
 
 
-def purge_user(conn: Connection, user_id: str, requested: ev.AccountDeletionRequested, tombstone_key: bytes) -> None:
+def purge_user(conn: Connection, user_id: str, requested: ev.AccountDeletionRequested, tombstone_key: bytes) -> bool:
     """``account.deletion_requested``: bury the user, delete every row, then report ``account.purged``.
 
     The tombstone makes the consumer drop any later event of the user (a ``sequence.started`` relayed
     after this purge would otherwise bring rows back). Idempotent: a second delivery deletes nothing
     and reports again (accounts counts a service once).
+
+    When the mailbox holds a Gmail watch (or a stop is still queued), the report waits for the stop:
+    the grant is still valid now (the vault revokes after the mailer's report), but Gmail is never called
+    inside this transaction, so only the user id and the deletion id stay behind in ``watch_stops``,
+    and the loop's ``finish_stop`` reports once the watch is stopped (or after bounded attempts).
+    Returns True when the stop was queued.
     """
     deletion_id = _text(requested.deletion_id, "deletion_id")
     bury(conn, SCHEMA, tombstone_key, user_id)
+    # The mailbox row first: a poll committing meanwhile holds it (commit_read locks it before writing),
+    # so its outcomes are either committed before the deletes below see them, or never written.
+    box = conn.execute(select(mailboxes.c.watch_expires_at).where(mailboxes.c.user_id == user_id)
+                       .with_for_update()).first()
+    queued = conn.execute(select(watch_stops.c.user_id).where(watch_stops.c.user_id == user_id)).first()
     counts = forget_mailbox(conn, user_id)
     # The dedupe records and relayed events of the user go too (the consumer runs in system scope).
     forget_user(conn, SCHEMA, user_id)
+    deleted = {f"deleted_{k}": v for k, v in counts.items()}
+    if (box is not None and _holds_watch(box.watch_expires_at)) or queued is not None:
+        queue_stop(conn, user_id, deletion_id)
+        log.info("user purged; reporting once the Gmail watch is stopped",
+                 extra={"deletion_id": deletion_id, **deleted})
+        return True
     publish_in_tx(conn, SCHEMA, user_id, ev.AccountPurged(deletion_id=deletion_id, service=SERVICE))
-    log.info("user purged", extra={"deletion_id": deletion_id, **{f"deleted_{k}": v for k, v in counts.items()}})
+    log.info("user purged", extra={"deletion_id": deletion_id, **deleted})
+    return False
+
+
+def queue_stop(conn: Connection, user_id: str, deletion_id: str | None = None) -> None:
+    """Queue ``users.stop`` for the user (idempotent); with ``deletion_id``, report that deletion once
+    the stop is done."""
+    stmt = insert(watch_stops).values(user_id=user_id, deletion_id=deletion_id, attempts=0, due_at=func.now(),
+                                      created_at=func.now())
+    if deletion_id:
+        conn.execute(stmt.on_conflict_do_update(index_elements=["user_id"],
+                                                set_={"deletion_id": deletion_id, "attempts": 0, "due_at": func.now()}))
+    else:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
 
 
 # -- gRPC helpers ---------------------------------------------------------------------------------------
-def schedule_check(engine: Engine, email: str) -> bool:
-    """Make the mailbox of ``email`` due now (a Gmail push came). False when nobody watches it."""
+def schedule_check(engine: Engine, email: str, history_id: int | None = None) -> bool:
+    """A Gmail push named ``email`` (and the mailbox's ``history_id`` after the change): make that
+    mailbox due now. False when nobody watches it, or when its cursor is already at or past
+    ``history_id`` (a duplicate, late or out-of-order push: what it announces has been read).
+
+    Pushes coalesce: however many arrive before the poll claims the mailbox, it is read once; one that
+    arrives while a poll is in flight is remembered (``pushed_history_id``), and the poll's commit reads
+    again at once only if that history id is past what the poll read.
+    """
     address = email.strip().lower()
     if not address or len(address) > 320:
         return False
+    stmt = update(mailboxes).where(func.lower(mailboxes.c.email) == address, mailboxes.c.paused.is_(False))
+    if history_id is not None:
+        history_id = min(history_id, _MAX_HISTORY_ID)
+        stmt = stmt.where(or_(mailboxes.c.history_id.is_(None), mailboxes.c.history_id < history_id))
+        pushed: ColumnElement | int = history_id
+    else:
+        pushed = func.coalesce(mailboxes.c.history_id, 0) + 1  # anything past what has been read
     with system_tx(engine) as conn:
-        touched = conn.execute(
-            update(mailboxes)
-            .where(func.lower(mailboxes.c.email) == address, mailboxes.c.paused.is_(False))
-            .values(due_at=func.least(mailboxes.c.due_at, func.now()))
-        ).rowcount
+        touched = conn.execute(stmt.values(**_push_values(pushed))).rowcount
     return bool(touched)
+
+
+def _push_values(history_id: ColumnElement | int) -> dict:
+    """What a push (or a new watch) changes on the mailbox: due now, unless a poll is in flight (its
+    commit reads again if needed) or the mailbox is backing off after failed polls."""
+    in_flight = and_(mailboxes.c.claimed_at.is_not(None), mailboxes.c.due_at > func.now())
+    return {
+        "pushed_at": func.now(),
+        "pushed_history_id": func.greatest(func.coalesce(mailboxes.c.pushed_history_id, 0), history_id),
+        "due_at": case((or_(in_flight, mailboxes.c.failures > 0), mailboxes.c.due_at),
+                       else_=func.least(mailboxes.c.due_at, func.now())),
+    }
 
 
 def export_replies(engine: Engine, user_id: str, batch: int = 500) -> Iterator[dict]:
@@ -244,14 +338,20 @@ class Decision:
     was_pending: bool = False
 
 
-def claim_due(engine: Engine, limit: int, lease_s: float) -> list[str]:
+def claim_due(engine: Engine, limit: int, lease_s: float, watching: bool = False) -> list[str]:
     """Claim up to ``limit`` due mailboxes for this process: their ``due_at`` moves ``lease_s`` ahead,
-    so other watcher processes skip them (and take them again if this one dies mid-poll)."""
+    so other watcher processes skip them (and take them again if this one dies mid-poll).
+
+    With push on (``watching``), a mailbox waiting for its first watch is left to it: the read that a new
+    watch asks for is its first poll (a failed watch makes it polled on the normal interval)."""
     if limit <= 0:
         return []
+    conditions = [~mailboxes.c.paused, mailboxes.c.due_at <= func.now()]
+    if watching:
+        conditions.append(or_(mailboxes.c.watch_expires_at.is_not(None), mailboxes.c.watch_failures > 0))
     due = (
         select(mailboxes.c.user_id)
-        .where(~mailboxes.c.paused, mailboxes.c.due_at <= func.now())
+        .where(*conditions)
         .order_by(mailboxes.c.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -261,7 +361,7 @@ def claim_due(engine: Engine, limit: int, lease_s: float) -> list[str]:
         rows = conn.execute(
             update(mailboxes)
             .where(mailboxes.c.user_id == due.c.user_id)
-            .values(due_at=func.now() + dt.timedelta(seconds=lease_s))
+            .values(due_at=func.now() + dt.timedelta(seconds=lease_s), claimed_at=func.now())
             .returning(mailboxes.c.user_id)
         ).all()
     return [r.user_id for r in rows]
@@ -299,6 +399,37 @@ def load_state(engine: Engine, user_id: str) -> MailboxState | None:
     )
 
 
+def quiet_cursor(engine: Engine, user_id: str) -> int | None:
+    """The cursor of a mailbox whose poll is only the safety net's: its Gmail watch holds (the last
+    attempt succeeded), no push waits to be read, no thread needs a re-check and no SENT message waits
+    for its takeover grace. None otherwise (the poll then reads history as usual)."""
+    with user_tx(engine, user_id) as conn:
+        cursor = conn.execute(
+            select(mailboxes.c.history_id).where(
+                mailboxes.c.user_id == user_id,
+                mailboxes.c.history_id.is_not(None),
+                mailboxes.c.watch_expires_at > func.now(),
+                mailboxes.c.watch_failures == 0,
+                mailboxes.c.pushed_history_id.is_(None),
+                exists().where(watches.c.user_id == user_id),
+                ~exists().where(watches.c.user_id == user_id, watches.c.needs_recheck),
+                ~exists().where(seen_messages.c.user_id == user_id, seen_messages.c.outcome == "pending_sent"),
+            )
+        ).scalar()
+    return None if cursor is None else int(cursor)
+
+
+def commit_quiet(engine: Engine, user_id: str, interval_s: float, fallback_s: float | None) -> bool:
+    """A safety-net poll found nothing new (the mailbox's history has not moved): schedule the next one.
+    True when the mailbox is due again at once (a push came during the check)."""
+    with system_tx(engine) as conn:
+        again = conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(
+            due_at=_next_due(func.coalesce(mailboxes.c.history_id, 0), interval_s, fallback_s, None),
+            failures=0, last_polled_at=func.now(), claimed_at=None, pushed_at=None, pushed_history_id=None,
+        ).returning(mailboxes.c.due_at <= func.now())).scalar()
+    return bool(again)
+
+
 def known_ids(engine: Engine, user_id: str, message_ids: Iterable[str]) -> tuple[set[str], set[str]]:
     """Of ``message_ids``: those already decided, and those CoffeePing sent."""
     ids = list(message_ids)
@@ -321,16 +452,36 @@ def commit_poll(
     new_cursor: int | None,
     rechecked_threads: set[str],
     interval_s: float,
+    fallback_s: float | None = None,
+    soon_s: float | None = None,
 ) -> list[dict]:
     """Record the outcomes, publish one detection per contact, advance the cursor; one transaction.
 
-    Returns the published events (type and payload) for logging and tests.
+    The next poll is due after ``interval_s``, or ``fallback_s`` (push on) while a Gmail watch holds
+    and its last attempt succeeded; after ``soon_s`` at the latest (a SENT message waits for its
+    takeover grace); at once when a push arrived during this poll naming a history id past what it
+    read. Returns the published events (type and payload) for logging and tests.
     """
+    return commit_read(engine, user_id, decisions, new_cursor, rechecked_threads, interval_s, fallback_s,
+                       soon_s)[0]
+
+
+def commit_read(
+    engine: Engine,
+    user_id: str,
+    decisions: list[Decision],
+    new_cursor: int | None,
+    rechecked_threads: set[str],
+    interval_s: float,
+    fallback_s: float | None = None,
+    soon_s: float | None = None,
+) -> tuple[list[dict], bool]:
+    """``commit_poll``, and whether the mailbox is due again at once (a push came during the poll)."""
     published: list[dict] = []
     with user_tx(engine, user_id, system=True) as conn:
         locked = select(mailboxes.c.user_id).where(mailboxes.c.user_id == user_id).with_for_update()
         if conn.execute(locked).first() is None:
-            return published  # purged or unwatched meanwhile: write nothing back
+            return published, False  # purged or unwatched meanwhile: write nothing back
         by_thread: dict[str, list] = {}
         if decisions:
             for row in conn.execute(select(watches.c.sequence_id, watches.c.contact_id, watches.c.thread_id)):
@@ -357,16 +508,41 @@ def commit_poll(
             conn.execute(update(watches).where(watches.c.thread_id.in_(sorted(rechecked_threads)))
                          .values(needs_recheck=False))
         if detected and _drop_mailbox_if_idle(conn, user_id):
-            return published
+            return published, False
+        read_to = func.coalesce(mailboxes.c.history_id, 0)
+        if new_cursor is not None:
+            read_to = func.greatest(read_to, new_cursor)
         values: dict = {
-            "due_at": func.now() + dt.timedelta(seconds=interval_s),
+            "due_at": _next_due(read_to, interval_s, fallback_s, soon_s),
             "failures": 0,
             "last_polled_at": func.now(),
+            "claimed_at": None,
+            "pushed_at": None,
+            "pushed_history_id": None,
         }
         if new_cursor is not None:
-            values["history_id"] = func.greatest(func.coalesce(mailboxes.c.history_id, 0), new_cursor)
-        conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(**values))
-    return published
+            values["history_id"] = read_to
+        again = conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(**values)
+                             .returning(mailboxes.c.due_at <= func.now())).scalar()
+    return published, bool(again)
+
+
+def _next_due(read_to: ColumnElement, interval_s: float, fallback_s: float | None,
+              soon_s: float | None) -> ColumnElement:
+    """When the mailbox falls due after a poll that read its history up to ``read_to`` (SQL on the row's
+    values before the update)."""
+    interval = dt.timedelta(seconds=interval_s)
+    after: ColumnElement
+    if fallback_s is None:
+        after = func.now() + interval
+    else:
+        watched = and_(mailboxes.c.watch_expires_at > func.now(), mailboxes.c.watch_failures == 0)
+        after = func.now() + case((watched, dt.timedelta(seconds=fallback_s)), else_=interval)
+    if soon_s is not None:
+        after = func.least(after, func.now() + dt.timedelta(seconds=soon_s))
+    # A push that came while this poll was in flight, naming a change past what the poll read.
+    unread_push = and_(mailboxes.c.pushed_history_id > read_to, mailboxes.c.pushed_at >= mailboxes.c.claimed_at)
+    return case((unread_push, func.now()), else_=after)
 
 
 def _record(conn: Connection, user_id: str, decision: Decision, contact_id: str | None) -> bool:
@@ -392,11 +568,12 @@ def _record(conn: Connection, user_id: str, decision: Decision, contact_id: str 
 
 
 def reschedule(engine: Engine, user_id: str, delay_s: float, failed: bool) -> None:
-    """Put a mailbox back on the schedule after a poll that could not finish."""
+    """Put a mailbox back on the schedule after a poll that could not finish (a push that came
+    meanwhile stays remembered: the next poll reads it)."""
     with system_tx(engine) as conn:
         conn.execute(
             update(mailboxes).where(mailboxes.c.user_id == user_id)
-            .values(due_at=func.now() + dt.timedelta(seconds=delay_s),
+            .values(due_at=func.now() + dt.timedelta(seconds=delay_s), claimed_at=None,
                     failures=mailboxes.c.failures + (1 if failed else 0))
         )
 
@@ -404,6 +581,148 @@ def reschedule(engine: Engine, user_id: str, delay_s: float, failed: bool) -> No
 def failures_of(engine: Engine, user_id: str) -> int:
     with system_tx(engine) as conn:
         return int(conn.execute(select(mailboxes.c.failures).where(mailboxes.c.user_id == user_id)).scalar() or 0)
+
+
+# -- Gmail push: watches and stops ---------------------------------------------------------------------
+def claim_watches(engine: Engine, limit: int, lease_s: float) -> list[str]:
+    """Claim up to ``limit`` mailboxes whose watch must be made or renewed (a lease, as ``claim_due``)."""
+    if limit <= 0:
+        return []
+    due = (
+        select(mailboxes.c.user_id)
+        .where(~mailboxes.c.paused, mailboxes.c.watch_due_at <= func.now())
+        .order_by(mailboxes.c.watch_due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("watch_due")
+    )
+    with system_tx(engine) as conn:
+        rows = conn.execute(
+            update(mailboxes)
+            .where(mailboxes.c.user_id == due.c.user_id)
+            .values(watch_due_at=func.now() + dt.timedelta(seconds=lease_s))
+            .returning(mailboxes.c.user_id)
+        ).all()
+    return [r.user_id for r in rows]
+
+
+def renewal_time(expires_at: dt.datetime, now: dt.datetime | None = None) -> dt.datetime:
+    """When to renew a watch that expires at ``expires_at``: a day before, or halfway there when the
+    watch has less than two days left."""
+    left = expires_at - (now or dt.datetime.now(dt.UTC))
+    return expires_at - min(RENEW_BEFORE, max(left / 2, dt.timedelta(0)))
+
+
+def commit_watch(engine: Engine, user_id: str, expires_at: dt.datetime, history_id: int | None,
+                 tombstone_key: bytes) -> bool:
+    """Record a watch Gmail accepted: its expiry and renewal time, no failures. A new watch (none held,
+    or the last one expired) also makes the mailbox read once up to the watch's ``history_id``, so a
+    change that came before the watch does not wait for the fallback. The history id also starts a
+    cursor that has none (never moves one).
+
+    False when the mailbox went, or was paused, while Gmail answered: the watch is then queued for a
+    stop at once, unless the user was deleted (their grant is being revoked, which ends the watch).
+    """
+    new = or_(mailboxes.c.watch_expires_at.is_(None), mailboxes.c.watch_expires_at <= func.now())
+    values: dict = {"watch_expires_at": expires_at, "watch_due_at": renewal_time(expires_at),
+                    "watch_failures": 0, "watch_error": None}
+    if history_id is not None and 0 < history_id <= _MAX_HISTORY_ID:
+        values["history_id"] = func.coalesce(mailboxes.c.history_id, history_id)
+        for key, value in _push_values(history_id).items():
+            values[key] = case((new, value), else_=mailboxes.c[key])
+    with user_tx(engine, user_id, system=True) as conn:
+        row = conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id, ~mailboxes.c.paused)
+                           .values(**values).returning(mailboxes.c.user_id)).first()
+        if row is None:
+            if not is_buried(conn, SCHEMA, tombstone_key, user_id):
+                queue_stop(conn, user_id)
+            return False
+    return True
+
+
+def watch_failed(engine: Engine, user_id: str, reason: str, base_s: float, cap_s: float, interval_s: float,
+                 delay_s: float | None = None) -> float | None:
+    """Record a failed ``users.watch``: retry it with exponential backoff (``base_s`` doubling up to
+    ``cap_s``, at least ``delay_s``), and poll the mailbox on the normal interval meanwhile (a watch that
+    cannot be renewed may lapse). The delay, or None when the mailbox is gone."""
+    with user_tx(engine, user_id, system=True) as conn:
+        failures = conn.execute(select(mailboxes.c.watch_failures).where(mailboxes.c.user_id == user_id)
+                                .with_for_update()).scalar()
+        if failures is None:
+            return None
+        delay = min(base_s * 2 ** min(int(failures), 30), cap_s)
+        if delay_s is not None:
+            delay = max(delay, delay_s)
+        soon = func.now() + dt.timedelta(seconds=interval_s)
+        conn.execute(update(mailboxes).where(mailboxes.c.user_id == user_id).values(
+            watch_failures=mailboxes.c.watch_failures + 1, watch_error=reason[:64],
+            watch_due_at=func.now() + dt.timedelta(seconds=delay),
+            # Not while a poll holds its lease: its commit picks the interval itself.
+            due_at=case((mailboxes.c.claimed_at.is_(None), func.least(mailboxes.c.due_at, soon)),
+                        else_=mailboxes.c.due_at)))
+    return delay
+
+
+@dataclass(frozen=True)
+class StopItem:
+    user_id: str
+    deletion_id: str | None
+    attempts: int
+
+
+def claim_stops(engine: Engine, limit: int, lease_s: float) -> list[StopItem]:
+    """Claim up to ``limit`` queued stops whose time has come (a lease, as ``claim_due``)."""
+    if limit <= 0:
+        return []
+    due = (
+        select(watch_stops.c.user_id)
+        .where(watch_stops.c.due_at <= func.now())
+        .order_by(watch_stops.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("stops_due")
+    )
+    with system_tx(engine) as conn:
+        rows = conn.execute(
+            update(watch_stops)
+            .where(watch_stops.c.user_id == due.c.user_id)
+            .values(due_at=func.now() + dt.timedelta(seconds=lease_s))
+            .returning(watch_stops.c.user_id, watch_stops.c.deletion_id, watch_stops.c.attempts)
+        ).all()
+    return [StopItem(r.user_id, r.deletion_id, r.attempts) for r in rows]
+
+
+def wants_watch(engine: Engine, user_id: str) -> bool:
+    """The user has a mailbox being watched again (a new sequence, a reconnection) since the stop was
+    queued: the stop must not run."""
+    with user_tx(engine, user_id, system=True) as conn:
+        return conn.execute(select(mailboxes.c.user_id)
+                            .where(mailboxes.c.user_id == user_id, ~mailboxes.c.paused)).first() is not None
+
+
+def finish_stop(engine: Engine, user_id: str, called_gmail: bool) -> str | None:
+    """The stop is done (or given up): drop it, and report ``account.purged`` for the deletion that
+    queued it (its id is returned). If the mailbox is watched again meanwhile, a stop that reached Gmail
+    may have ended the new watch: it is made again at once."""
+    with user_tx(engine, user_id, system=True) as conn:
+        row = conn.execute(delete(watch_stops).where(watch_stops.c.user_id == user_id)
+                           .returning(watch_stops.c.deletion_id)).first()
+        if row is not None and row.deletion_id:
+            publish_in_tx(conn, SCHEMA, user_id, ev.AccountPurged(deletion_id=row.deletion_id, service=SERVICE))
+            return str(row.deletion_id)
+        if called_gmail:
+            conn.execute(update(mailboxes)
+                         .where(mailboxes.c.user_id == user_id, ~mailboxes.c.paused,
+                                mailboxes.c.watch_expires_at.is_not(None))
+                         .values(watch_expires_at=None, watch_due_at=func.now()))
+    return None
+
+
+def retry_stop(engine: Engine, user_id: str, delay_s: float) -> None:
+    with system_tx(engine) as conn:
+        conn.execute(update(watch_stops).where(watch_stops.c.user_id == user_id)
+                     .values(attempts=watch_stops.c.attempts + 1,
+                             due_at=func.now() + dt.timedelta(seconds=delay_s)))
 
 
 def dumps(obj: dict) -> str:

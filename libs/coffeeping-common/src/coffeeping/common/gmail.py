@@ -254,8 +254,9 @@ class GmailClients:
             forgets = self._forgets
         token = self.tokens.get(user_id, scopes=wanted)
 
-        def refresh(_request: Any, _asked: Any) -> tuple[str, dt.datetime]:
-            # google-auth passes its own idea of the scopes (None here): refresh the same scope set.
+        def refresh(_request: Any, scopes: Any = None) -> tuple[str, dt.datetime]:
+            # google-auth passes its own idea of the scopes, by keyword (``scopes=``; None here): refresh
+            # the same scope set whatever it says.
             fresh = self.tokens.get(user_id, force=True, scopes=wanted)
             return fresh.token, fresh.expires_at.replace(tzinfo=None)
 

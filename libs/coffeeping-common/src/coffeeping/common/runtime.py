@@ -35,16 +35,22 @@ class ServiceSettings(TlsSettings, TombstoneSettings):
 
 
 def messaging_workers(settings: ServiceSettings, service: str, engine: Engine, schema: str,
-                      handler: Handler) -> list[tuple[str, Worker]]:
+                      handler: Handler, relay_poll_s: float = 0.2) -> list[tuple[str, Worker]]:
     """The messaging workers every backend runs: its outbox relay, its consumer of the events the
     registry says it consumes (acting only on their registered producers' messages, dropping buried
-    users' events) and the janitor that keeps its dead-letter queue free of buried users."""
+    users' events) and the janitor that keeps its dead-letter queue free of buried users.
+
+    The relay wakes on each commit's notification; ``relay_poll_s`` is how often it also looks for rows
+    on its own (and its only pace while it cannot LISTEN)."""
     relay = OutboxRelay(engine, schema, settings.rabbitmq_url, settings.messaging_prefix)
     consumer = Consumer(settings.rabbitmq_url, settings.messaging_prefix, service, consumed_by(service), engine,
                         schema, handler, tombstone_key=settings.tombstone_key)
     janitor = dead_letter_janitor(settings.rabbitmq_url, settings.messaging_prefix, service, engine, schema,
                                   settings.tombstone_key, settings.dead_letter_sweep_s)
-    return [("outbox-relay", relay.run_forever), ("consumer", consumer.run), ("dead-letter-janitor", janitor)]
+    def relay_worker(stop: threading.Event) -> None:
+        relay.run_forever(stop, interval=relay_poll_s)
+
+    return [("outbox-relay", relay_worker), ("consumer", consumer.run), ("dead-letter-janitor", janitor)]
 
 
 def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Worker]] = ()) -> None:
