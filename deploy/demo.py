@@ -34,6 +34,11 @@ class Api:
         reply.raise_for_status()
         return str(reply.json()["token"])
 
+    def session_get(self, path: str) -> Any:
+        """A GET without printing (for polling)."""
+        reply = self.http.get(GATEWAY + path, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30)
+        return reply.json()
+
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
         reply = self.http.request(method, GATEWAY + path, headers=headers, timeout=30, **kwargs)
@@ -99,14 +104,32 @@ def reply(args: argparse.Namespace) -> int:
         print("no thread with that contact yet: run the outreach step first")
         return 1
     thread = threads[-1]
+    api = Api(args.user)
     delivered = requests.post(f"{GOOGLE}/_sandbox/gmail/deliver", json={
         "to": args.email, "from": f"Ann <{args.contact}>", "thread_id": thread["id"], "body": "Sure, Tuesday?"},
         timeout=10)
+    started = time.monotonic()
     print(f"delivered a reply into thread {thread['id']}: {delivered.status_code}")
-    print("within one poll interval the sequence shows stop_reason=replied and its drafts are gone:")
-    api = Api(args.user)
+    print("Gmail pushes the change (Pub/Sub -> the gateway -> the watcher), and the sequence stops:")
+    while time.monotonic() - started < 30:
+        sequences = api.session_get("/v1/sequences?limit=100").get("items", [])
+        stopped = [s for s in sequences if s.get("thread_id") == thread["id"] and s["status"] == "stopped"]
+        if stopped:
+            print(f"stop_reason={stopped[0]['stop_reason']} {time.monotonic() - started:.1f} s after the reply arrived")
+            while _drafts(args.email, thread["id"]) and time.monotonic() - started < 30:
+                time.sleep(0.1)
+            print(f"its follow-up drafts: {_drafts(args.email, thread['id'])} left in Gmail, "
+                  f"{time.monotonic() - started:.1f} s after the reply arrived")
+            return 0
+        time.sleep(0.1)
+    print("not stopped within 30 s (is the stack running with push on? docs/PUSH.md)")
     show(api.call("GET", "/v1/sequences").json())
-    return 0
+    return 1
+
+
+def _drafts(email: str, thread_id: str) -> int:
+    mailbox = requests.get(f"{GOOGLE}/_sandbox/gmail/mailbox", params={"user": email}, timeout=10).json()
+    return sum(1 for d in mailbox.get("drafts", []) if d["message"]["threadId"] == thread_id)
 
 
 def main() -> int:
