@@ -10,10 +10,7 @@ is the vault's contract in ``protos/coffeeping/vault/v1/vault.proto``. The maile
 from __future__ import annotations
 
 import datetime as dt
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from service_process import ServiceProcess
 
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 from coffeeping_sandbox.server import Sandbox
@@ -86,37 +84,8 @@ class Vault(vault_pb2_grpc.TokenVaultServicer):
                                      scopes=[f"https://www.googleapis.com/auth/{s}" for s in wanted])
 
 
-class MailerProcess:
+class MailerProcess(ServiceProcess):
+    """The mailer (``python -m coffeeping_mailer``) on the ``GRPC_PORT`` of ``env``."""
+
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = int(env["GRPC_PORT"])
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MailerProcess:
-        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "coffeeping_mailer"], env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mailer exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("mailer did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__("coffeeping_mailer", env, int(env["GRPC_PORT"]), log_path)

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import grpc
 import psycopg
 import requests
+from service_process import stop_process
 
 from coffeeping.common.rpc import TlsFiles, call_metadata, channel
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
@@ -62,13 +62,7 @@ class VaultProcess:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @dataclass

@@ -32,9 +32,7 @@ import argparse
 import logging
 import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +48,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from bootstrap_db import DEFAULT_ADMIN_URL, bootstrap, role_url  # noqa: E402
 from kombu import Connection  # noqa: E402
+from service_process import ServiceProcess  # noqa: E402
 from watcher_harness import start_vault_double  # noqa: E402
 
 from coffeeping.common.certs import ensure  # noqa: E402
@@ -91,7 +90,7 @@ def main() -> None:
     print(f"{args.users} users, Gmail latency {args.latency_ms:.0f} ms; database {database}, logs in {var}",
           flush=True)
     sandbox = vault_server = None
-    procs: list[Child] = []
+    procs: list[ServiceProcess] = []
     try:
         bootstrap(args.admin_url, database, dev=True)
         sandbox = start_sandbox(pubsub_push=[PushConfig(TOPIC, endpoint, audience=endpoint,
@@ -116,7 +115,7 @@ def main() -> None:
         }
 
         # -- 1. polling only -------------------------------------------------------------------------
-        watcher = Child("coffeeping_reply_watcher", common, watcher_port, var / "watcher-poll.log").start()
+        watcher = ServiceProcess("coffeeping_reply_watcher", common, watcher_port, var / "watcher-poll.log").start()
         procs.append(watcher)
         wait_db(admin_db, "SELECT count(*) FROM watcher.mailboxes WHERE last_polled_at IS NULL", 0,
                 timeout=args.poll_interval * 3 + 60, what="the first polling cycle")
@@ -131,12 +130,12 @@ def main() -> None:
               flush=True)
 
         # -- 2. push, idle ----------------------------------------------------------------------------
-        gateway = Child("coffeeping_gateway", gateway_env(sandbox, certs, gateway_port, watcher_port, endpoint),
+        gateway = ServiceProcess("coffeeping_gateway", gateway_env(sandbox, certs, gateway_port, watcher_port, endpoint),
                         gateway_port, var / "gateway.log").start()
         procs.append(gateway)
         env = {**common, "GMAIL_PUSH_TOPIC": TOPIC, "REPLY_WATCHER_FALLBACK_INTERVAL_S": str(args.fallback)}
         units0, calls0, methods0 = quota(sandbox, users)
-        watcher = Child("coffeeping_reply_watcher", env, watcher_port, var / "watcher-push.log").start()
+        watcher = ServiceProcess("coffeeping_reply_watcher", env, watcher_port, var / "watcher-push.log").start()
         procs.append(watcher)
         ramp_started = time.time()
         wait_db(admin_db, "SELECT count(*) FROM watcher.mailboxes WHERE watch_expires_at IS NULL "
@@ -198,45 +197,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class Child:
-    """A service started as in production (``python -m <module>``), its output in a log file."""
-
-    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.module, self.port, self.log_path = module, port, log_path
-        self.env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-                    "PYTHONUNBUFFERED": "1", **env}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> Child:
-        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.module} did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def gateway_env(sandbox, certs: Path, port: int, watcher_port: int, endpoint: str) -> dict[str, str]:
@@ -329,7 +289,7 @@ def quota(sandbox, users) -> tuple[int, Counter, Counter]:
     return units, calls, by_method
 
 
-def measure(sandbox, users, watcher: Child, seconds: float) -> Window:
+def measure(sandbox, users, watcher: ServiceProcess, seconds: float) -> Window:
     """The watcher's CPU seconds and the users' Gmail units and calls over ``seconds``."""
     units0, calls0, methods0 = quota(sandbox, users)
     cpu0 = cpu_seconds(watcher.pid)

@@ -18,8 +18,9 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import Column, Connection, Engine, Table, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.sql import ColumnElement
 
@@ -338,6 +339,22 @@ class Decision:
     was_pending: bool = False
 
 
+def _claim(engine: Engine, table: Table, due_column: Column[Any], conditions: list[Any], limit: int,
+           lease_s: float, returning: list[Column[Any]], **values: Any) -> list[Any]:
+    """Lease the first ``limit`` rows of ``table`` meeting ``conditions`` (oldest ``due_column`` first,
+    skipping rows another process holds): ``due_column`` moves ``lease_s`` ahead, so other processes skip
+    them until this one is done or dies. Returns the ``returning`` columns of the claimed rows."""
+    key = table.c.user_id
+    due = (select(key).where(*conditions).order_by(due_column).limit(limit)
+           .with_for_update(skip_locked=True).cte(f"{table.name}_due"))
+    with system_tx(engine) as conn:
+        return list(conn.execute(
+            update(table).where(key == due.c.user_id)
+            .values({due_column.name: func.now() + dt.timedelta(seconds=lease_s), **values})
+            .returning(*returning)
+        ).all())
+
+
 def claim_due(engine: Engine, limit: int, lease_s: float, watching: bool = False) -> list[str]:
     """Claim up to ``limit`` due mailboxes for this process: their ``due_at`` moves ``lease_s`` ahead,
     so other watcher processes skip them (and take them again if this one dies mid-poll).
@@ -349,21 +366,8 @@ def claim_due(engine: Engine, limit: int, lease_s: float, watching: bool = False
     conditions = [~mailboxes.c.paused, mailboxes.c.due_at <= func.now()]
     if watching:
         conditions.append(or_(mailboxes.c.watch_expires_at.is_not(None), mailboxes.c.watch_failures > 0))
-    due = (
-        select(mailboxes.c.user_id)
-        .where(*conditions)
-        .order_by(mailboxes.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-    )
-    with system_tx(engine) as conn:
-        rows = conn.execute(
-            update(mailboxes)
-            .where(mailboxes.c.user_id == due.c.user_id)
-            .values(due_at=func.now() + dt.timedelta(seconds=lease_s), claimed_at=func.now())
-            .returning(mailboxes.c.user_id)
-        ).all()
+    rows = _claim(engine, mailboxes, mailboxes.c.due_at, conditions, limit, lease_s, [mailboxes.c.user_id],
+                  claimed_at=func.now())
     return [r.user_id for r in rows]
 
 
@@ -588,21 +592,8 @@ def claim_watches(engine: Engine, limit: int, lease_s: float) -> list[str]:
     """Claim up to ``limit`` mailboxes whose watch must be made or renewed (a lease, as ``claim_due``)."""
     if limit <= 0:
         return []
-    due = (
-        select(mailboxes.c.user_id)
-        .where(~mailboxes.c.paused, mailboxes.c.watch_due_at <= func.now())
-        .order_by(mailboxes.c.watch_due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("watch_due")
-    )
-    with system_tx(engine) as conn:
-        rows = conn.execute(
-            update(mailboxes)
-            .where(mailboxes.c.user_id == due.c.user_id)
-            .values(watch_due_at=func.now() + dt.timedelta(seconds=lease_s))
-            .returning(mailboxes.c.user_id)
-        ).all()
+    rows = _claim(engine, mailboxes, mailboxes.c.watch_due_at,
+                  [~mailboxes.c.paused, mailboxes.c.watch_due_at <= func.now()], limit, lease_s, [mailboxes.c.user_id])
     return [r.user_id for r in rows]
 
 
@@ -674,21 +665,8 @@ def claim_stops(engine: Engine, limit: int, lease_s: float) -> list[StopItem]:
     """Claim up to ``limit`` queued stops whose time has come (a lease, as ``claim_due``)."""
     if limit <= 0:
         return []
-    due = (
-        select(watch_stops.c.user_id)
-        .where(watch_stops.c.due_at <= func.now())
-        .order_by(watch_stops.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("stops_due")
-    )
-    with system_tx(engine) as conn:
-        rows = conn.execute(
-            update(watch_stops)
-            .where(watch_stops.c.user_id == due.c.user_id)
-            .values(due_at=func.now() + dt.timedelta(seconds=lease_s))
-            .returning(watch_stops.c.user_id, watch_stops.c.deletion_id, watch_stops.c.attempts)
-        ).all()
+    rows = _claim(engine, watch_stops, watch_stops.c.due_at, [watch_stops.c.due_at <= func.now()], limit, lease_s,
+                  [watch_stops.c.user_id, watch_stops.c.deletion_id, watch_stops.c.attempts])
     return [StopItem(r.user_id, r.deletion_id, r.attempts) for r in rows]
 
 
