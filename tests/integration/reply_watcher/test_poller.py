@@ -195,11 +195,11 @@ def test_the_same_reply_seen_twice_publishes_one_event(world):
     cursor = world.mailbox()["history_id"]
     reply = world.sandbox.gmail.deliver(world.email, "jo@contact.example", thread_id=seq.thread_id)
     decision = services.Decision(reply["id"], seq.thread_id, "reply")
-    first = services.commit_poll(world.engine, world.user_id, [decision], cursor + 5, set(), 0.0)
+    first, _ = services.commit_poll(world.engine, world.user_id, [decision], cursor + 5, set(), 0.0)
     # The contact's watch went with the detection; watch the thread again, then let a second process
     # that read the same history (or a replay after a crash) decide the same message again.
     world.event(seq.started())
-    second = services.commit_poll(world.engine, world.user_id, [decision], cursor + 5, set(), 0.0)
+    second, _ = services.commit_poll(world.engine, world.user_id, [decision], cursor + 5, set(), 0.0)
     assert len(first) == 1 and second == []
     # Rewinding the cursor (history replayed) finds the message decided already.
     world.admin("UPDATE watcher.mailboxes SET history_id = %s WHERE user_id = %s", cursor, world.user_id)

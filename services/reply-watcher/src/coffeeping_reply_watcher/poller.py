@@ -323,7 +323,7 @@ class Poller:
         # rather than after the (long) fallback interval.
         undecided = {p.message_id for p in state.pending} - {d.message_id for d in decisions if d.was_pending}
         waiting = bool(undecided) or any(d.outcome == "pending_sent" for d in decisions)
-        events, again = services.commit_read(self.engine, state.user_id, decisions, new_cursor, recheck,
+        events, again = services.commit_poll(self.engine, state.user_id, decisions, new_cursor, recheck,
                                              self.interval_s, self.fallback_s,
                                              self.takeover_grace_s + 0.5 if waiting else None)
         if again:

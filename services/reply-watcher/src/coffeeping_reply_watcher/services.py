@@ -207,7 +207,7 @@ def purge_user(conn: Connection, user_id: str, requested: ev.AccountDeletionRequ
     """
     deletion_id = _text(requested.deletion_id, "deletion_id")
     bury(conn, SCHEMA, tombstone_key, user_id)
-    # The mailbox row first: a poll committing meanwhile holds it (commit_read locks it before writing),
+    # The mailbox row first: a poll committing meanwhile holds it (commit_poll locks it before writing),
     # so its outcomes are either committed before the deletes below see them, or never written.
     box = conn.execute(select(mailboxes.c.watch_expires_at).where(mailboxes.c.user_id == user_id)
                        .with_for_update()).first()
@@ -458,29 +458,14 @@ def commit_poll(
     interval_s: float,
     fallback_s: float | None = None,
     soon_s: float | None = None,
-) -> list[dict]:
+) -> tuple[list[dict], bool]:
     """Record the outcomes, publish one detection per contact, advance the cursor; one transaction.
 
     The next poll is due after ``interval_s``, or ``fallback_s`` (push on) while a Gmail watch holds
     and its last attempt succeeded; after ``soon_s`` at the latest (a SENT message waits for its
     takeover grace); at once when a push arrived during this poll naming a history id past what it
-    read. Returns the published events (type and payload) for logging and tests.
+    read. Returns the published events (type and payload), and whether the mailbox is due again at once.
     """
-    return commit_read(engine, user_id, decisions, new_cursor, rechecked_threads, interval_s, fallback_s,
-                       soon_s)[0]
-
-
-def commit_read(
-    engine: Engine,
-    user_id: str,
-    decisions: list[Decision],
-    new_cursor: int | None,
-    rechecked_threads: set[str],
-    interval_s: float,
-    fallback_s: float | None = None,
-    soon_s: float | None = None,
-) -> tuple[list[dict], bool]:
-    """``commit_poll``, and whether the mailbox is due again at once (a push came during the poll)."""
     published: list[dict] = []
     with user_tx(engine, user_id, system=True) as conn:
         locked = select(mailboxes.c.user_id).where(mailboxes.c.user_id == user_id).with_for_update()
