@@ -90,9 +90,9 @@ def _drop_database(admin_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture(scope="session")
-def database(pg_admin_url: str) -> Iterator[Database]:
-    """A fresh database with every service's schema, roles and migrations."""
+@contextlib.contextmanager
+def fresh_database(pg_admin_url: str) -> Iterator[Database]:
+    """A new database with every service's schema, roles and migrations, dropped afterwards."""
     name = f"cp_test_{uuid.uuid4().hex[:10]}"
     bootstrap(pg_admin_url, name, dev=True)
     base = pg_admin_url.rsplit("/", 1)[0]
@@ -100,19 +100,21 @@ def database(pg_admin_url: str) -> Iterator[Database]:
         yield Database(name, f"{base}/{name}", pg_admin_url)
     finally:
         _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database(pg_admin_url: str) -> Iterator[Database]:
+    """A fresh database with every service's schema, roles and migrations."""
+    with fresh_database(pg_admin_url) as db:
+        yield db
 
 
 @pytest.fixture(scope="session")
 def isolated_database(pg_admin_url: str) -> Iterator[Database]:
     """A second database, for tests that run relays or consumers in process: the shared
     ``database`` is also served by the ``stack``'s services, whose relays would take their outbox rows."""
-    name = f"cp_test_{uuid.uuid4().hex[:10]}"
-    bootstrap(pg_admin_url, name, dev=True)
-    base = pg_admin_url.rsplit("/", 1)[0]
-    try:
-        yield Database(name, f"{base}/{name}", pg_admin_url)
-    finally:
-        _drop_database(pg_admin_url, name)
+    with fresh_database(pg_admin_url) as db:
+        yield db
 
 
 def _delete_messaging(amqp_url: str, prefix: str) -> None:

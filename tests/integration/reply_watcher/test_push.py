@@ -9,10 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-import uuid
 
 import pytest
-from bootstrap_db import bootstrap
 
 from bench.watcher_harness import new_id, send_first_email
 from coffeeping.common.db import make_engine
@@ -21,7 +19,7 @@ from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_reply_watcher import services
 from coffeeping_reply_watcher.poller import STOP_ATTEMPTS
 from coffeeping_reply_watcher.services import StopItem
-from tests.conftest import Database, _drop_database
+from tests.conftest import fresh_database
 
 TOPIC = "projects/coffeeping-test/topics/gmail-push"
 KEY = b"watcher-test-tombstone-key-0123456789"  # the World's handler buries with this key
@@ -29,13 +27,8 @@ KEY = b"watcher-test-tombstone-key-0123456789"  # the World's handler buries wit
 
 @pytest.fixture(scope="module")
 def database(pg_admin_url):
-    name = f"cp_test_{uuid.uuid4().hex[:10]}"
-    bootstrap(pg_admin_url, name, dev=True)
-    base = pg_admin_url.rsplit("/", 1)[0]
-    try:
-        yield Database(name, f"{base}/{name}", pg_admin_url)
-    finally:
-        _drop_database(pg_admin_url, name)
+    with fresh_database(pg_admin_url) as db:
+        yield db
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,6 @@ class Invalid(ApiError):
                       for e in errors]
         super().__init__(grpc.StatusCode.INVALID_ARGUMENT, detail,
                          [error_details_pb2.BadRequest(field_violations=violations)])
-        self.errors = errors
 
 
 def not_found(resource_type: str, name: str = "") -> ApiError:
