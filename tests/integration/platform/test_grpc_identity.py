@@ -16,6 +16,7 @@ from coffeeping.common.rpc import TlsFiles, allow, call_metadata, channel, serve
 from coffeeping.types.v1 import export_pb2
 from coffeeping.watcher.v1 import watcher_pb2_grpc
 from coffeeping_accounts.servicer import POLICY, AccountsServicer
+from coffeeping_accounts.services import KnownUsers
 
 
 def tls(certs, service: str) -> TlsFiles:
@@ -25,7 +26,7 @@ def tls(certs, service: str) -> TlsFiles:
 @pytest.fixture(scope="module")
 def accounts_server(certs, database):
     engine = make_engine(database.app_url("accounts"), pool_size=2)
-    server = serve("accounts", [(accounts_pb2_grpc.add_AccountsServicer_to_server, AccountsServicer(engine),
+    server = serve("accounts", [(accounts_pb2_grpc.add_AccountsServicer_to_server, AccountsServicer(engine, KnownUsers(None)),
                                  "coffeeping.accounts.v1.Accounts")], POLICY, 0, tls(certs, "accounts"),
                    host="127.0.0.1")
     yield f"127.0.0.1:{server.port}"

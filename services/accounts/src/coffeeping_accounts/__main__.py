@@ -18,6 +18,7 @@ from coffeeping_accounts import SERVICE, deletions
 from coffeeping_accounts.config import OperatorSettings, Settings
 from coffeeping_accounts.export import Sources
 from coffeeping_accounts.servicer import POLICY, AccountsServicer
+from coffeeping_accounts.services import KnownUsers
 
 
 def run_service() -> None:
@@ -26,6 +27,8 @@ def run_service() -> None:
     engine = make_engine(settings.database_url, application_name=SERVICE)
     sources = Sources(settings.for_service(SERVICE), settings.vault_addr, settings.mailer_addr,
                       settings.watcher_addr, timeout_s=settings.export_timeout_s)
+    known = KnownUsers(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                       max_age_s=settings.known_users_max_age_s)
     messaging = messaging_workers(settings, SERVICE, engine, deletions.SCHEMA,
                                   deletions.make_handler(settings.tombstone_key))
 
@@ -38,14 +41,14 @@ def run_service() -> None:
 
     server = serve(
         SERVICE,
-        [(accounts_pb2_grpc.add_AccountsServicer_to_server, AccountsServicer(engine, sources),
+        [(accounts_pb2_grpc.add_AccountsServicer_to_server, AccountsServicer(engine, known, sources),
           "coffeeping.accounts.v1.Accounts")],
         POLICY,
         settings.grpc_port,
         settings.for_service(SERVICE),
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [*messaging, ("deletion-deadlines", watch_deadlines)])
+    run_until_signalled(server, [*messaging, ("deletion-deadlines", watch_deadlines), ("known-users", known.run)])
 
 
 def retry_deletion(deletion_id: str) -> int:

@@ -18,6 +18,9 @@ class Settings(ServiceSettings):
     deletion_step_deadline_s: float = setting("DELETION_STEP_DEADLINE_S", number(1.0), default=1800.0)
     deletion_watch_interval_s: float = setting("DELETION_WATCH_INTERVAL_S", number(0.1), default=30.0)
     export_timeout_s: float = setting("EXPORT_TIMEOUT_S", number(1.0), default=300.0)
+    # Users seen by GetMe kept in memory at most this long (a backstop: an accepted deletion evicts them
+    # at once through a PostgreSQL notification); 0 turns the in-memory cache off.
+    known_users_max_age_s: float = setting("ACCOUNTS_KNOWN_USERS_MAX_AGE_S", number(0.0), default=300.0)
 
 
 @dataclass(frozen=True)

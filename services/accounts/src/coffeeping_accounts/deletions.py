@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import system_tx, user_tx, validate_user_id
 from coffeeping.common.messaging import Event, Handler, consumed_by, forget_user, publish_in_tx
+from coffeeping.common.notified_cache import notify
 from coffeeping.common.tombstones import bury
 from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_accounts.models import deletion_requests, deletion_steps, deletions, users
@@ -46,6 +47,8 @@ from coffeeping_accounts.models import deletion_requests, deletion_steps, deleti
 log = logging.getLogger(__name__)
 
 SCHEMA = "accounts"
+# Notified with the user id when a deletion of their account is accepted (``services.KnownUsers``).
+USERS_CHANNEL = "accounts_user_changed"
 DELETION_REQUESTED = "account.deletion_requested"
 REVOKE_REQUESTED = "account.revoke_requested"
 CONSUMED = consumed_by("accounts")
@@ -153,6 +156,8 @@ def request_deletion(engine: Engine, user_id: str, source: str, idempotency_key:
         if row.state == "failed":
             restarted = _restart(conn, deletion_id, user_id)
             log.info("failed deletion restarted", extra={"deletion_id": str(deletion_id), "steps": restarted})
+        # Every accounts process forgets the user it may be serving from memory (``services.KNOWN_USERS``).
+        conn.execute(notify(USERS_CHANNEL, user_id))
         if key:
             conn.execute(
                 insert(deletion_requests)

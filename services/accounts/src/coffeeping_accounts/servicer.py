@@ -46,13 +46,14 @@ def _status(status: deletions.Status) -> accounts_pb2.DeletionStatus:
 
 
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
-    def __init__(self, engine: Engine, sources: export.Sources | None = None) -> None:
+    def __init__(self, engine: Engine, known: services.KnownUsers, sources: export.Sources | None = None) -> None:
         self.engine = engine
+        self.known = known
         self.sources = sources
 
     def GetMe(self, request: accounts_pb2.GetMeRequest, context: grpc.ServicerContext) -> accounts_pb2.User:
         try:
-            user = services.get_or_create_user(self.engine, current_user())
+            user = services.me(self.engine, self.known, current_user())
         except deletions.AccountDeleted:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, _DELETED)
         return accounts_pb2.User(user_id=user.user_id, created_at=_ts(user.created_at))
@@ -66,6 +67,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "idempotency key too long")
         user_id = current_user()
         status = deletions.request_deletion(self.engine, user_id, source, request.idempotency_key)
+        self.known.invalidate(user_id)  # the other processes hear of it from the notification
         if status.state != "completed" and self.sources is not None:
             # The fence: committed at the mailer before the caller hears "accepted". Should the mailer
             # be unreachable, the deletion stands (its event fences the mailer too) and a retry of the

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, literal, select
 from sqlalchemy.dialects.postgresql import insert
 
 from coffeeping.common.db import user_tx
+from coffeeping.common.notified_cache import NotifiedCache
 from coffeeping_accounts import deletions
 from coffeeping_accounts.models import deletions as deletion_rows
 from coffeeping_accounts.models import users
@@ -18,6 +19,25 @@ from coffeeping_accounts.models import users
 class User:
     user_id: str
     created_at: dt.datetime
+
+
+class KnownUsers(NotifiedCache[User]):
+    """The users this process has seen and whose deletion nobody has requested: a user's existence and
+    creation time never change, and an accepted deletion notifies every process (``deletions``), so
+    ``GetMe`` answers them from memory (see ``coffeeping.common.notified_cache``)."""
+
+    def __init__(self, dsn: str | None, max_age_s: float = 300.0, size: int = 100_000) -> None:
+        super().__init__(dsn, deletions.USERS_CHANNEL, max_age_s, size)
+
+
+def me(engine: Engine, known: KnownUsers, user_id: str) -> User:
+    """``get_or_create_user``, answered from ``known`` once the user has been seen."""
+    user = known.get(user_id, "")
+    if user is None:
+        generation = known.generation()
+        user = get_or_create_user(engine, user_id)
+        known.put(user_id, "", user, generation)
+    return user
 
 
 def get_or_create_user(engine: Engine, user_id: str) -> User:

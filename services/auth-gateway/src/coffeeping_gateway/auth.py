@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,15 +124,56 @@ class JwksCache:
         return key
 
 
+class VerifiedTokens:
+    """Tokens this process has verified, each with its ``exp``: a client sends the same session token
+    with every request of its minute, and the signature check is most of a request's CPU here.
+
+    Only successes are kept, never past ``exp`` plus the leeway; a token is its own key, so a token that
+    differs by one byte is verified in full. At most ``size`` entries (least recently used go first).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[Session, float]] = OrderedDict()
+
+    def get(self, token: str) -> Session | None:
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            if time.time() > entry[1] + LEEWAY_S:
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+            return entry[0]
+
+    def put(self, token: str, session: Session, expires_at: float) -> None:
+        with self._lock:
+            self._entries[token] = (session, expires_at)
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
 class ClerkVerifier:
     def __init__(self, jwks: JwksCache, issuer: str, authorized_parties: tuple[str, ...]) -> None:
         self.jwks = jwks
         self.issuer = issuer
         self.authorized_parties = frozenset(authorized_parties)
+        self.verified = VerifiedTokens()
 
     def verify(self, token: str) -> Session:
         if not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise InvalidToken("malformed")
+        session = self.verified.get(token)
+        if session is None:
+            session, expires_at = self._verify(token)
+            self.verified.put(token, session, expires_at)
+        return session
+
+    def _verify(self, token: str) -> tuple[Session, float]:
+        """Every check, in full: the session and the token's ``exp``."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -164,4 +206,4 @@ class ClerkVerifier:
             raise InvalidToken("sid")
         if not isinstance(iat, int) or iat > time.time() + LEEWAY_S:
             raise InvalidToken("iat")
-        return Session(user_id=sub, session_id=sid, issued_at=iat)
+        return Session(user_id=sub, session_id=sid, issued_at=iat), float(claims["exp"])

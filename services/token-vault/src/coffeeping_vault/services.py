@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import CONSENT_SCOPES, SCOPE_COMPOSE, SCOPE_METADATA, SCOPE_USERINFO_EMAIL
 from coffeeping.common.messaging import forget_user, publish_in_tx
+from coffeeping.common.notified_cache import notify
 from coffeeping.common.tombstones import bury, is_buried, subject
 from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_vault import crypto
@@ -30,7 +31,7 @@ from coffeeping_vault.audit import AuditWriter, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
 from coffeeping_vault.models import audit, data_keys, grants, revocations, scoped_tokens, state_nonces, tombstones
-from coffeeping_vault.token_cache import CHANNEL, CachedToken, TokenCache
+from coffeeping_vault.token_cache import CHANNEL, GRANT_VIEW, CachedToken, TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -425,12 +426,20 @@ class Vault:
 
     # -- information ----------------------------------------------------------------------------------
     def grant_info(self, user_id: str) -> GrantView:
+        """The grant's view, from memory while no process has changed the grant (``token_cache``)."""
+        cached: GrantView | None = self.cache.get(user_id, GRANT_VIEW)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation()
         with user_tx(self.engine, user_id) as conn:
             # A deleted account's grant may wait here for Google to confirm its revocation: it is not theirs.
             if self._buried(conn, user_id):
-                return GrantView(connected=False)
-            row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
-        return _view(row) if row is not None else GrantView(connected=False)
+                view = GrantView(connected=False)
+            else:
+                row = conn.execute(select(grants).where(grants.c.user_id == user_id)).first()
+                view = _view(row) if row is not None else GrantView(connected=False)
+        self.cache.put(user_id, GRANT_VIEW, view, generation)
+        return view
 
     # -- access tokens --------------------------------------------------------------------------------
     def get_access_token(self, user_id: str, caller: str, scopes: Iterable[str] = ()) -> IssuedToken:
@@ -456,7 +465,7 @@ class Vault:
                 issued = self._refresh(user_id, caller, wanted)
         else:
             self.audit.issued(user_id, caller, _scope_detail(wanted))
-        self.cache.put(user_id, cache_key, CachedToken(issued.access_token, issued.expires_at, issued.email,
+        self.cache.put_token(user_id, cache_key, CachedToken(issued.access_token, issued.expires_at, issued.email,
                                                        issued.scopes), generation)
         return issued
 
@@ -644,7 +653,7 @@ class Vault:
                      .on_conflict_do_nothing(index_elements=["user_id"]))
         # No vault process serves the user from memory after the commit (the cache trigger fires only
         # on grant changes, and the grant stays until Google confirms); this one stops at once.
-        conn.execute(select(func.pg_notify(CHANNEL, user_id)))
+        conn.execute(notify(CHANNEL, user_id))
         self.cache.invalidate(user_id)
         # The dedupe record of this very event names the user: it goes too (the handler is idempotent).
         forget_user(conn, SCHEMA, user_id)
