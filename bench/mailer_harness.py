@@ -58,6 +58,25 @@ class Vault(vault_pb2_grpc.TokenVaultServicer):
         for key in [k for k in self._tokens if k.split("|", 1)[0] == user_id]:
             del self._tokens[key]
 
+    def _token(self, user: str, email: str, wanted: list[str]) -> tuple[str, float]:
+        """The user's token for ``wanted`` (short scope names), issued by the sandbox when none is fresh;
+        call it holding the lock."""
+        key = f"{user}|{','.join(wanted)}"
+        cached = self._tokens.get(key)
+        if cached is None or cached[1] < time.time() + 120:
+            issued = self.sandbox.oauth.issue_tokens(email=email, scopes=wanted, offline=False)
+            cached = (issued["access_token"], time.time() + int(issued["expires_in"]))
+            self._tokens[key] = cached
+        return cached
+
+    def prime(self, *scope_sets: list[str]) -> None:
+        """Issue every connected user's tokens now, for the whole grant and each of ``scope_sets`` (short
+        names): a Gmail stand-in forked after this (``gmail_process``) knows only tokens issued before."""
+        with self._lock:
+            for user, email in self.emails.items():
+                for wanted in (SCOPES, *(sorted(scopes) for scopes in scope_sets)):  # as GetAccessToken keys them
+                    self._token(user, email, wanted)
+
     def GetAccessToken(self, request: Any, context: grpc.ServicerContext) -> Any:
         names = context.auth_context().get("x509_common_name") or [b""]
         if names[0].decode() not in ("mailer", "reply-watcher"):
@@ -72,12 +91,7 @@ class Vault(vault_pb2_grpc.TokenVaultServicer):
             if user in self.disconnected or user not in self.emails:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "needs reconnect")
             email = self.emails[user]
-            key = f"{user}|{','.join(wanted)}"
-            cached = self._tokens.get(key)
-            if cached is None or cached[1] < time.time() + 120:
-                issued = self.sandbox.oauth.issue_tokens(email=email, scopes=wanted, offline=False)
-                cached = (issued["access_token"], time.time() + int(issued["expires_in"]))
-                self._tokens[key] = cached
+            cached = self._token(user, email, wanted)
         expires = Timestamp()
         expires.FromDatetime(dt.datetime.fromtimestamp(cached[1], dt.UTC).replace(tzinfo=None))
         return vault_pb2.AccessToken(access_token=cached[0], expires_at=expires, email=email,

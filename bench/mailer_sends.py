@@ -3,11 +3,13 @@
     .venv/bin/python bench/mailer_sends.py [--users 1000] [--per-user 10] [--latency-ms 50]
                                            [--processes 2] [--workers 32]
 
-Sets up a fresh database (every schema migrated), the sandbox in this process with the first emails
-already sent and each follow-up mirrored as a draft in its thread, a token vault answering over mTLS
-with sandbox-issued tokens, and the mailers as child processes. Every follow-up is due at the start.
+Sets up a fresh database (every schema migrated), the sandbox seeded in this process with the first
+emails already sent and each follow-up mirrored as a draft in its thread, then served from a process of
+its own with keep-alive (``gmail_process``); a token vault double answering over mTLS with
+sandbox-issued tokens, and the mailers as child processes. Every follow-up is due at the start.
 Prints sends per second, p50/p95/max lateness (sent time minus due time), duplicates (messages sent
-more than once in a thread) and lost steps (not sent by the end).
+more than once in a thread, as the stand-in recorded them), lost steps (not sent by the end) and the
+CPU per send of the mailers and PostgreSQL (and, apart, of the stand-in), each beside its target.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from typing import Any
 
 import psycopg
+from gmail_process import GmailProcess
 from outreach_world import MailerWorld, Outreach, add_world_arguments, mailer_world, shift_follow_ups
 from proc_cpu import postgres_seconds, process_table, tree_seconds
 
@@ -58,14 +61,25 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
     ahead = dt.timedelta(days=1)
     with psycopg.connect(admin_db, autocommit=True) as conn:
         shift_follow_ups(conn, ahead)
-    sandbox.control.set_latency(args.latency_ms / 1000.0)
+    world.vault.prime(["gmail.compose"])  # the mailer's two token kinds: the whole grant, compose only
+    gmail = GmailProcess(sandbox).start()
+    try:
+        _measure(args, world, gmail, outreach, expected, due, ahead)
+    finally:
+        gmail.stop()
+
+
+def _measure(args: argparse.Namespace, world: MailerWorld, gmail: GmailProcess, outreach: Outreach,
+             expected: dict[str, tuple[str, str]], due: dt.datetime, ahead: dt.timedelta) -> None:
+    admin_db = world.admin_db
+    gmail.set_latency(args.latency_ms)
     total = len(outreach.jobs)
-    procs = world.start_mailers(args.processes, args.workers)
+    procs = world.start_mailers(args.processes, args.workers, gmail.url)
     time.sleep(1.0)  # past the gRPC port opening, the schedulers are up
     with psycopg.connect(admin_db, autocommit=True) as conn:
         shift_follow_ups(conn, dt.datetime.now(dt.UTC) - (due + ahead))
     run_started = time.perf_counter()
-    cpu_before = _cpu_seconds(procs)
+    cpu_before = _cpu_seconds(procs, gmail)
     try:
         with psycopg.connect(admin_db, autocommit=True) as conn:
             deadline = time.monotonic() + args.timeout
@@ -79,13 +93,13 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
                     print(f"  {sent}/{total} sent after {time.perf_counter() - run_started:.0f}s", flush=True)
                     last_report = time.monotonic()
                 time.sleep(0.5)
-            cpu_used = {name: _cpu_seconds(procs)[name] - cpu_before[name] for name in cpu_before}
+            cpu_after = _cpu_seconds(procs, gmail)
+            cpu_used = {name: cpu_after[name] - cpu_before[name] for name in cpu_before}
             rows = conn.execute("SELECT id::text, status, sent_at, due_at FROM mailer.steps WHERE position = 1"
                                 ).fetchall()
     finally:
         for proc in procs:
             proc.stop()
-        sandbox.control.set_latency(0.0)
 
     sent_rows = [r for r in rows if r[1] == "sent"]
     lost = total - len(sent_rows)
@@ -94,16 +108,20 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
     last_sent = max(r[2] for r in sent_rows)
     span = max((last_sent - first_sent).total_seconds(), 1e-6)
     duplicates = 0
-    with sandbox.gmail._lock:
-        for _step_id, (sender, thread_id) in expected.items():
-            box = sandbox.gmail._mailbox(sender)
-            sent_count = sum(1 for mid in box.threads[thread_id] if "SENT" in box.messages[mid].label_ids)
-            duplicates += max(0, sent_count - 2)
-    rate_limited = sum(sandbox.gmail.quota(f"bench{u:05d}@gmail.com")["rate_limited"] for u in range(args.users))
+    threads_of: dict[str, set[str]] = {}
+    for sender, thread_id in expected.values():
+        threads_of.setdefault(sender, set()).add(thread_id)
+    for sender, wanted in threads_of.items():  # the stand-in's own record of what went out
+        for thread in gmail.mailbox(sender)["threads"]:
+            if thread["id"] in wanted:
+                sent_count = sum(1 for m in thread["messages"] if "SENT" in m["labelIds"])
+                duplicates += max(0, sent_count - 2)
+    rate_limited = sum(gmail.quota(sender)["rate_limited"] for sender in threads_of)
     print()
     print(f"follow-ups due:        {total} across {args.users} users, {args.processes} mailer processes x "
           f"{args.workers} workers, Gmail latency {args.latency_ms:.0f} ms")
-    print(f"sent:                  {len(sent_rows)} in {span:.1f}s  ->  {len(sent_rows) / span:.1f} sends/s")
+    print(f"sent:                  {len(sent_rows)} in {span:.1f}s  ->  {len(sent_rows) / span:.1f} sends/s   "
+          "(target >= 200 sends/s)")
     if lateness:
         p95 = lateness[min(len(lateness) - 1, int(0.95 * len(lateness)))]
         print(f"lateness (sent - due): p50 {statistics.median(lateness):.2f}s  p95 {p95:.2f}s  "
@@ -111,17 +129,20 @@ def _run(args: argparse.Namespace, world: MailerWorld) -> None:
     print(f"drained:               the last step {(last_sent - min(r[3] for r in rows)).total_seconds():.1f}s after "
           "they all fell due (lateness is mostly queueing behind that backlog)")
     per_send = {name: seconds * 1000 / max(len(sent_rows), 1) for name, seconds in cpu_used.items()}
+    ours = per_send["mailers"] + per_send["postgresql"]
     print(f"CPU per send (/proc):  mailers {per_send['mailers']:.2f} ms + PostgreSQL {per_send['postgresql']:.2f} ms "
-          f"= {sum(per_send.values()):.2f} ms (the vault double and Gmail stand-in run in this process: excluded)")
-    print(f"duplicates:            {duplicates}")
-    print(f"lost:                  {lost}")
+          f"= {ours:.2f} ms   (target <= 4 ms; tokens come from the mailers' memory, so the vault adds ~0)")
+    print(f"                       Gmail stand-in {per_send['gmail stand-in']:.2f} ms in its own process (not ours)")
+    print(f"duplicates:            {duplicates}   (target 0)")
+    print(f"lost:                  {lost}   (target 0)")
     print(f"gmail 429s absorbed:   {rate_limited}")
 
 
-def _cpu_seconds(procs: list[Any]) -> dict[str, float]:
-    """CPU seconds so far of the mailer processes and of PostgreSQL."""
+def _cpu_seconds(procs: list[Any], gmail: GmailProcess) -> dict[str, float]:
+    """CPU seconds so far of the mailer processes, of PostgreSQL and of the Gmail stand-in."""
     table = process_table()
-    return {"mailers": tree_seconds(table, [p.proc.pid for p in procs]), "postgresql": postgres_seconds(table)}
+    return {"mailers": tree_seconds(table, [p.proc.pid for p in procs]), "postgresql": postgres_seconds(table),
+            "gmail stand-in": tree_seconds(table, [gmail.pid])}
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ class MailerWorld:
         """The superuser's URL of the benchmark's database."""
         return self.admin_url.rsplit("/", 1)[0] + f"/{self.database}"
 
-    def start_mailers(self, count: int, workers: int) -> list[MailerProcess]:
+    def start_mailers(self, count: int, workers: int, gmail_url: str | None = None) -> list[MailerProcess]:
+        """``count`` mailer processes, Gmail at ``gmail_url`` (default: the sandbox in this process)."""
         procs = []
         certs = self.certs
         for i in range(count):
@@ -139,7 +140,7 @@ class MailerWorld:
                    "RABBITMQ_URL": self.amqp_url, "MESSAGING_PREFIX": self.prefix,
                    "TOMBSTONE_KEY": "bench-tombstone-key-" + "x" * 32,
                    "TOKEN_VAULT_GRPC_ADDR": f"127.0.0.1:{self.vault_port}",
-                   "GMAIL_API_ENDPOINT": self.sandbox.google_url,
+                   "GMAIL_API_ENDPOINT": gmail_url or self.sandbox.google_url,
                    "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(workers),
                    "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
             procs.append(MailerProcess(env, self.var / f"mailer-{i}.log").start())

@@ -209,6 +209,25 @@ def test_unroutable_publish_is_not_marked_published(engine, msg_db, prefix, amqp
     assert queue_depth(amqp_url, f"{prefix}.watcher") == 1
 
 
+def test_a_batch_is_confirmed_as_a_whole_and_its_unroutable_rows_stay_behind(engine, msg_db, prefix, amqp_url):
+    """One pass publishes a batch with one wait for the broker's confirms: routable rows are marked in
+    one statement, a row the broker returned in the middle of the batch stays unpublished."""
+    with Connection(amqp_url) as conn:
+        declare_topology(conn, prefix, "mailer", ["sequence.stopped"])
+    first = [publish(engine, stopped()) for _ in range(30)]
+    lost = publish(engine, ev.GmailDisconnected(reason="needs_reconnect"))  # no queue takes it
+    last = [publish(engine, stopped()) for _ in range(30)]
+    relay = OutboxRelay(engine, "svc", amqp_url, prefix, retention=timedelta(hours=1))
+    try:
+        assert relay.run_once() == 60
+    finally:
+        relay.close()
+    published = msg_db.scalar("SELECT array_agg(id::text) FROM svc.outbox WHERE published_at IS NOT NULL")
+    assert set(published) == set(first + last)
+    assert msg_db.scalar("SELECT (published_at IS NULL, attempts)::text FROM svc.outbox WHERE id = %s", lost) == "(t,1)"
+    assert queue_depth(amqp_url, f"{prefix}.mailer") == 60
+
+
 def test_an_outbox_row_written_as_a_dict_by_the_previous_release_is_relayed_and_read_typed(
         engine, msg_db, prefix, amqp_url):
     """Rows the previous release wrote (a dict payload, ``history_id`` as a string) are published as

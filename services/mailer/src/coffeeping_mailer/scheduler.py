@@ -50,7 +50,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import classify_received
 from coffeeping.common.messaging import publish_in_tx
-from coffeeping.common.tombstones import is_buried
 from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_mailer import fence, lifecycle, schedule
 from coffeeping_mailer.fence import FENCE_OPEN, fence_params
@@ -79,7 +78,7 @@ _SEQ = _p("p_seq", steps.c.sequence_id)
 _MAY_PROCEED: ColumnElement[bool] = and_(
     FENCE_OPEN, exists().where(sequences.c.id == steps.c.sequence_id, one_of(sequences.c.status, SEQUENCE_LIVE)))
 
-# What ``Scheduler._load`` reads of a step and its sequence.
+# What the scheduler reads of a step and its sequence (``_LOAD``, ``_LOAD_FOR_SEND``).
 _STEP_AND_SEQUENCE = (
     steps.c.id, steps.c.position, steps.c.body, steps.c.delay, steps.c.send_at, steps.c.status,
     steps.c.rfc_message_id, steps.c.draft_id, steps.c.draft_message_id, steps.c.sending_since, steps.c.attempts,
@@ -91,7 +90,8 @@ _STEP_AND_SEQUENCE = (
 
 def _load_query(for_send: bool) -> Any:
     """The step (``p_step``) with its sequence; ``for_send`` adds, in the same query, the user's sends of
-    the last 24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
+    the last 24 hours (for the daily cap), the Gmail ids already recorded in the sequence, and whether the
+    fence is open (``fence_params``)."""
     query = select(*_STEP_AND_SEQUENCE).join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
     if for_send:
         today = (select(func.count().label("sent_today"), func.min(steps.c.sent_at).label("oldest_today"))
@@ -101,11 +101,11 @@ def _load_query(for_send: bool) -> Any:
                  .where(others.c.sequence_id == sequences.c.id, others.c.gmail_message_id.is_not(None)))
         query = (query.join(today, true())
                  .add_columns(today.c.sent_today, today.c.oldest_today,
-                              func.array(known.scalar_subquery()).label("known")))
+                              func.array(known.scalar_subquery()).label("known"), FENCE_OPEN.label("fence_open")))
     return query.where(steps.c.id == _STEP)
 
 
-_LOAD = {False: _load_query(False), True: _load_query(True)}
+_LOAD, _LOAD_FOR_SEND = _load_query(False), _load_query(True)
 
 # Claims (``p_limit`` due jobs) and what the claimer does with them.
 _CLAIM = (select(jobs.c.step_id, jobs.c.sequence_id, jobs.c.user_id, jobs.c.due_at)
@@ -290,19 +290,15 @@ class Scheduler:
             return Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=30))
 
     # ------------------------------------------------------------------------------------------ a step
-    def _load(self, conn: Connection, step_id: Any, for_send: bool = False) -> Any:
-        """The step with its sequence; ``for_send`` adds, in the same query, the user's sends of the last
-        24 hours (for the daily cap) and the Gmail ids already recorded in the sequence."""
-        return conn.execute(_LOAD[for_send], {"p_step": step_id}).first()
-
     def process(self, job: Any) -> Retry | None:
         user = job.user_id
         now = dt.datetime.now(UTC)
         with user_tx(self.engine, user) as conn:
-            step = self._load(conn, job.step_id, for_send=True)
+            step = conn.execute(_LOAD_FOR_SEND, {"p_step": job.step_id, **fence_params(self.tombstone_key, user)}
+                                ).first()
             if step is None or step.seq_status not in ("scheduled", "active"):
                 return None
-            if is_buried(conn, SCHEMA, self.tombstone_key, user):
+            if not step.fence_open:
                 return None  # fenced: the purge removes the rest
             if step.status not in ("scheduled", "sending"):
                 return None
@@ -316,11 +312,18 @@ class Scheduler:
                 conn.execute(_DEFER_CAPPED, {"p_step": step.id})
                 return Retry(schedule.fit_window(later, rules) if step.position > 0 else later)
             known = set(step.known or ())
+            # A follow-up whose draft exists is committed to in this transaction, behind the fence; one
+            # without a draft yet is committed to once its draft is made (``_send_follow_up``).
+            marked = None
+            if step.position > 0 and step.draft_id:
+                marked = self._commit_to_follow_up(conn, user, step)
+                if marked is None:
+                    return None
         try:
             if step.position == 0:
                 self._send_first(user, step)
             else:
-                self._send_follow_up(user, step, known)
+                self._send_follow_up(user, step, known, marked)
             return None
         except Disconnected:
             log.warning("gmail disconnected; pausing the user's sequences", extra={"step_id": str(step.id)})
@@ -463,7 +466,7 @@ class Scheduler:
         again (``find_draft``) instead of made twice, and a purge or a stop can still remove it.
         """
         with user_tx(self.engine, user) as conn:
-            step = self._load(conn, step_id)
+            step = conn.execute(_LOAD, {"p_step": step_id}).first()
             first = conn.execute(_FIRST_MESSAGE_ID, {"p_seq": step.sequence_id}).scalar() if step else None
         if step is None or step.status != "scheduled" or not step.thread_id or not first:
             return None
@@ -494,21 +497,24 @@ class Scheduler:
         return draft["id"], draft["message"]["id"]
 
     # --------------------------------------------------------------------------------------- follow-up
-    def _send_follow_up(self, user: str, step: Any, known: set[str]) -> None:
+    def _commit_to_follow_up(self, conn: Connection, user: str, step: Any) -> Any:
+        """Mark the follow-up ``sending`` (its ``sending_since``), checking the fence and the sequence's
+        state in the transaction that commits to the send; None when it may not go."""
+        return conn.execute(_FOLLOW_UP_SENDING, {"p_step": step.id, **fence_params(self.tombstone_key, user)}).first()
+
+    def _send_follow_up(self, user: str, step: Any, known: set[str], marked: Any) -> None:
+        """Send a follow-up: ``marked`` when ``process`` already committed to it (its draft exists)."""
         user_email = self.gmail.user_email(user)
         draft_id = step.draft_id
-        if not draft_id:
+        if marked is None:
             made = self._make_draft(user, step.id, user_email)
             if made is None:
                 return
             draft_id = made[0]
-        # The fence and the sequence's state, checked in the transaction that commits to the send.
-        with user_tx(self.engine, user) as conn:
-            marked = conn.execute(
-                _FOLLOW_UP_SENDING, {"p_step": step.id, **fence_params(self.tombstone_key, user)}
-            ).first()
-        if marked is None:
-            return
+            with user_tx(self.engine, user) as conn:
+                marked = self._commit_to_follow_up(conn, user, step)
+            if marked is None:
+                return
         # The pre-send check, as late as it can be: the thread's From headers (metadata only). A reply
         # that landed before this read stops the sequence; what remains is this read's own round trip
         # and the send's (bench/reply_race.py measures it).

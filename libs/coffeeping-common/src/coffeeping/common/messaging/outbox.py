@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +39,6 @@ from sqlalchemy import Connection as SAConnection
 from sqlalchemy import (
     Delete,
     Engine,
-    Insert,
     Integer,
     Select,
     Text,
@@ -85,16 +85,16 @@ def make_envelope(user_id: str, message: Message, request_id: str | None = None)
 
 
 @functools.cache
-def _publish_statements(schema: str) -> tuple[Insert, Select[Any]]:
-    """The outbox insert and the notification of ``schema``, built once per schema (a statement object
-    memoises its cache key). The parameters are ``p_*``: never a column's name, which an INSERT would
-    take for that column's value."""
+def _publish_statement(schema: str) -> Select[Any]:
+    """The outbox insert and the notification of ``schema`` as one statement (one round trip), built once
+    per schema (a statement object memoises its cache key). The parameters are ``p_*``: never a column's
+    name, which an INSERT would take for that column's value."""
     outbox = schema_tables(schema).outbox
     row = insert(outbox).values(
         id=bindparam("p_id", type_=outbox.c.id.type), user_id=bindparam("p_user", type_=outbox.c.user_id.type),
         routing_key=bindparam("p_type", type_=outbox.c.routing_key.type),
-        body=bindparam("p_body", type_=outbox.c.body.type))
-    return row, select(func.pg_notify(notify_channel(schema), ""))
+        body=bindparam("p_body", type_=outbox.c.body.type)).returning(outbox.c.id).cte("written")
+    return select(func.pg_notify(notify_channel(schema), "")).select_from(row)
 
 
 def publish_in_tx(
@@ -110,14 +110,12 @@ def publish_in_tx(
     Call it inside ``user_tx(engine, user_id, system=True)`` or ``system_tx(engine)``. Nothing is sent
     unless the transaction commits. ``request_id`` defaults to the logging context's request id.
     """
-    row, notify = _publish_statements(schema)
     if not conn.in_transaction():
         raise RuntimeError("publish_in_tx needs an open transaction")
     envelope = make_envelope(user_id, message, request_id)
-    conn.execute(row, {"p_id": uuid.UUID(envelope["id"]), "p_user": envelope["user_id"],
-                       "p_type": envelope["type"], "p_body": envelope})
-    # Delivered on commit only; identical notifications in one transaction are folded into one.
-    conn.execute(notify)
+    # The notification is delivered on commit only; identical ones in one transaction are folded into one.
+    conn.execute(_publish_statement(schema), {"p_id": uuid.UUID(envelope["id"]), "p_user": envelope["user_id"],
+                                              "p_type": envelope["type"], "p_body": envelope})
     event_id: str = envelope["id"]
     return event_id
 
@@ -153,7 +151,7 @@ class _RelayStatements:
 
     def __init__(self, schema: str) -> None:
         outbox = schema_tables(schema).outbox
-        row_id = bindparam("p_id", type_=outbox.c.id.type)
+        row_ids = bindparam("p_ids", type_=ARRAY(outbox.c.id.type))
         # Unpublished rows but those in ``p_skip``, ``p_limit`` at most. The body as PostgreSQL prints
         # it: published as stored, byte for byte.
         self.claim: Select[Any] = (
@@ -164,10 +162,11 @@ class _RelayStatements:
             .limit(bindparam("p_limit", type_=Integer()))
             .with_for_update(skip_locked=True)
         )
-        self.delete: Delete = delete(outbox).where(outbox.c.id == row_id)
-        self.mark_published: Update = (update(outbox).where(outbox.c.id == row_id)
+        self.delete: Delete = delete(outbox).where(outbox.c.id == any_(row_ids))
+        self.mark_published: Update = (update(outbox).where(outbox.c.id == any_(row_ids))
                                        .values(published_at=func.now(), attempts=outbox.c.attempts + 1))
-        self.count_attempt: Update = update(outbox).where(outbox.c.id == row_id).values(attempts=outbox.c.attempts + 1)
+        self.count_attempt: Update = (update(outbox).where(outbox.c.id == any_(row_ids))
+                                      .values(attempts=outbox.c.attempts + 1))
 
 
 @functools.cache
@@ -180,6 +179,8 @@ class OutboxRelay:
 
     Several relays may run against the same schema (rows are claimed with ``SKIP LOCKED``). Order is
     by ``created_at`` within a batch but not guaranteed across failures: consumers must not rely on it.
+    A pass publishes up to ``batch_size`` rows and waits once for their confirms; while rows keep
+    coming, passes are ``linger_s`` apart so that batches gather.
     """
 
     def __init__(
@@ -194,6 +195,7 @@ class OutboxRelay:
         confirm_timeout: float = 10.0,
         listen: bool = True,
         max_backoff: float = 10.0,
+        linger_s: float = 0.025,
     ) -> None:
         self.engine = engine
         self.schema = check_schema(schema)
@@ -206,9 +208,13 @@ class OutboxRelay:
         self.confirm_timeout = confirm_timeout
         self.listen = listen
         self.max_backoff = max_backoff
+        self.linger_s = linger_s
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._returned: set[str] = set()
+        self._next_tag = 0  # the channel's last delivery tag (publisher confirms count from 1)
+        self._unconfirmed: set[int] = set()
+        self._nacked: set[int] = set()
         self._retry_after: dict[str, float] = {}  # row id -> monotonic time before which it is skipped
         self._last_purge = 0.0
         self._listener: _Listener | None = None
@@ -220,15 +226,24 @@ class OutboxRelay:
         if message_id:
             self._returned.add(str(message_id))
 
+    def _on_confirm(self, delivery_tag: int, multiple: bool, *, acked: bool) -> None:
+        confirmed = [t for t in self._unconfirmed if t <= delivery_tag] if multiple else [delivery_tag]
+        for tag in confirmed:
+            self._unconfirmed.discard(tag)
+            if not acked:
+                self._nacked.add(tag)
+
     def _ensure_producer(self) -> Producer:
         if self._producer is not None:
             return self._producer
-        conn = Connection(
-            self.amqp_url, transport_options={"confirm_publish": True}, connect_timeout=5, heartbeat=0
-        )
+        conn = Connection(self.amqp_url, connect_timeout=5, heartbeat=0)
         try:
             conn.connect()
             channel = conn.channel()
+            # Publisher confirms, waited for once per batch (``_publish_batch``), not once per message.
+            channel.confirm_select()
+            channel.events["basic_ack"].add(functools.partial(self._on_confirm, acked=True))
+            channel.events["basic_nack"].add(functools.partial(self._on_confirm, acked=False))
             declare_events_exchange(channel, self.prefix)
             exchange = Exchange(events_exchange(self.prefix), type="topic", durable=True)
             producer = Producer(channel, exchange=exchange, auto_declare=False, on_return=self._on_return)
@@ -236,6 +251,9 @@ class OutboxRelay:
             conn.release()
             raise
         self._connection, self._producer = conn, producer
+        self._next_tag = 0
+        self._unconfirmed.clear()
+        self._nacked.clear()
         log.info("outbox relay connected", extra={"schema": self.schema})
         return producer
 
@@ -248,79 +266,79 @@ class OutboxRelay:
             self._listener.close()
             self._listener = None
 
-    def _publish(self, producer: Producer, row: Any) -> bool:
-        """Publish one row and wait for the confirm; False if the broker returned it unroutable."""
-        body = row.body if isinstance(row.body, str) else json.dumps(row.body)
-        envelope = json.loads(body)
-        message_id = str(row.id)
-        self._returned.discard(message_id)
-        # ``user_id`` is our login; RabbitMQ refuses the message if it is not, so consumers can trust it.
-        properties: dict[str, Any] = {"message_id": message_id, "type": row.routing_key,
-                                      "user_id": self._connection.userid if self._connection else None}
-        if envelope.get("request_id"):
-            properties["correlation_id"] = str(envelope["request_id"])
-        producer.publish(
-            body.encode("utf-8"),
-            routing_key=row.routing_key,
-            mandatory=True,
-            delivery_mode=2,
-            content_type="application/json",
-            content_encoding="utf-8",
-            retry=False,
-            confirm_timeout=self.confirm_timeout,
-            **properties,
-        )
-        # The broker sends basic.return before the basic.ack of the same message.
-        if message_id in self._returned:
-            self._returned.discard(message_id)
-            return False
-        return True
+    def _publish_batch(self, producer: Producer, rows: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """Publish ``rows``, then wait once for the broker to confirm them all: (confirmed, unroutable).
+
+        A row the broker returned (no queue bound) or refused is not confirmed. Raises when the
+        confirms do not all come within ``confirm_timeout`` or the connection fails; rows confirmed
+        before that are not reported, so they stay unpublished and go again (consumers dedupe by id).
+        """
+        tags: dict[int, Any] = {}
+        self._returned.clear()
+        self._nacked.clear()
+        for row in rows:
+            body = row.body if isinstance(row.body, str) else json.dumps(row.body)
+            envelope = json.loads(body)
+            # ``user_id`` is our login; RabbitMQ refuses the message if it is not, so consumers can trust it.
+            properties: dict[str, Any] = {"message_id": str(row.id), "type": row.routing_key,
+                                          "user_id": self._connection.userid if self._connection else None}
+            if envelope.get("request_id"):
+                properties["correlation_id"] = str(envelope["request_id"])
+            producer.publish(body.encode("utf-8"), routing_key=row.routing_key, mandatory=True, delivery_mode=2,
+                             content_type="application/json", content_encoding="utf-8", retry=False, **properties)
+            self._next_tag += 1
+            self._unconfirmed.add(self._next_tag)
+            tags[self._next_tag] = row
+        deadline = time.monotonic() + self.confirm_timeout
+        assert self._connection is not None
+        while self._unconfirmed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("publisher confirms did not arrive in time")
+            self._connection.drain_events(timeout=left)
+        # The broker sends a message's basic.return before its basic.ack.
+        unroutable = [row for tag, row in tags.items() if str(row.id) in self._returned]
+        confirmed = [row for tag, row in tags.items() if tag not in self._nacked and str(row.id) not in self._returned]
+        return confirmed, unroutable
 
     # -- one pass -------------------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Publish up to ``batch_size`` unpublished rows; return how many were confirmed and marked.
+        """Publish up to ``batch_size`` unpublished rows with one confirm wait; return how many were
+        confirmed and marked (in one statement).
 
-        Raises on a broker or database failure after committing the marks of rows already confirmed.
+        Raises on a broker or database failure; rows not confirmed stay unpublished.
         """
         self._maybe_purge()
         producer = self._ensure_producer()
         now = time.monotonic()
         self._retry_after = {k: v for k, v in self._retry_after.items() if v > now}
         skip = list(self._retry_after)
-        s = self.schema
         statements = self._statements
-        published = unroutable = 0
-        error: BaseException | None = None
         with system_tx(self.engine) as conn:
             rows = conn.execute(statements.claim, {"p_skip": skip, "p_limit": self.batch_size}).all()
-            for row in rows:
-                try:
-                    ok = self._publish(producer, row)
-                except BaseException as exc:  # noqa: BLE001 - commit what was confirmed, then raise
-                    error = exc
-                    break
-                if ok and self.retention <= timedelta(0):
-                    conn.execute(statements.delete, {"p_id": row.id})
-                    published += 1
-                elif ok:
-                    conn.execute(statements.mark_published, {"p_id": row.id})
-                    published += 1
-                else:
-                    conn.execute(statements.count_attempt, {"p_id": row.id})
-                    unroutable += 1
-                    delay = min(0.5 * 2 ** min(row.attempts, 10), 60.0)
-                    self._retry_after[str(row.id)] = time.monotonic() + delay
-                    log.error(
-                        "event unroutable: no queue bound, kept unpublished",
-                        extra={"event_id": str(row.id), "event_type": row.routing_key,
-                               "attempts": row.attempts + 1, "retry_in_s": delay},
-                    )
-        if published:
-            log.info("outbox relayed", extra={"schema": s, "count": published})
-        if error is not None:
-            self.close()
-            raise error
-        return published
+            if not rows:
+                return 0
+            try:
+                confirmed, unroutable = self._publish_batch(producer, rows)
+            except BaseException:
+                self.close()
+                raise
+            if confirmed:
+                ids = [row.id for row in confirmed]
+                done = statements.delete if self.retention <= timedelta(0) else statements.mark_published
+                conn.execute(done, {"p_ids": ids})
+            for row in unroutable:
+                conn.execute(statements.count_attempt, {"p_ids": [row.id]})
+                delay = min(0.5 * 2 ** min(row.attempts, 10), 60.0)
+                self._retry_after[str(row.id)] = time.monotonic() + delay
+                log.error(
+                    "event unroutable: no queue bound, kept unpublished",
+                    extra={"event_id": str(row.id), "event_type": row.routing_key,
+                           "attempts": row.attempts + 1, "retry_in_s": delay},
+                )
+        if confirmed:
+            log.info("outbox relayed", extra={"schema": self.schema, "count": len(confirmed)})
+        return len(confirmed)
 
     def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < 60.0:
@@ -384,7 +402,12 @@ class OutboxRelay:
                 failures = 0
                 if count >= self.batch_size:
                     continue  # more waiting
-                self._wait(stop, interval)
+                if count:
+                    # Under load: let the next batch gather for a moment rather than wake for every
+                    # commit (each pass costs a transaction and a confirm wait); idle, wake at once.
+                    stop.wait(self.linger_s)
+                else:
+                    self._wait(stop, interval)
         finally:
             self.close()
 
