@@ -32,7 +32,15 @@ _SECRET_PATTERNS = [
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+# Every pattern above matches only text holding one of these (compared lower-cased): a line without
+# any is returned as it is, without running the patterns (every log line pays for this check).
+_MARKERS = ("bearer", "eyj", "ya29.", "1//", "access_token=", "refresh_token=", "client_secret=", "code_verifier=")
+
+
 def mask_secrets(text: str) -> str:
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _MARKERS):
+        return text
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("[redacted]", text)
     return text
