@@ -79,7 +79,7 @@ def _measure(args: argparse.Namespace, world: MailerWorld, gmail: GmailProcess, 
     with psycopg.connect(admin_db, autocommit=True) as conn:
         shift_follow_ups(conn, dt.datetime.now(dt.UTC) - (due + ahead))
     run_started = time.perf_counter()
-    cpu_before = _cpu_seconds(procs, gmail)
+    cpu_before = _cpu_seconds(procs, gmail, world.database)
     try:
         with psycopg.connect(admin_db, autocommit=True) as conn:
             deadline = time.monotonic() + args.timeout
@@ -93,7 +93,7 @@ def _measure(args: argparse.Namespace, world: MailerWorld, gmail: GmailProcess, 
                     print(f"  {sent}/{total} sent after {time.perf_counter() - run_started:.0f}s", flush=True)
                     last_report = time.monotonic()
                 time.sleep(0.5)
-            cpu_after = _cpu_seconds(procs, gmail)
+            cpu_after = _cpu_seconds(procs, gmail, world.database)
             cpu_used = {name: cpu_after[name] - cpu_before[name] for name in cpu_before}
             rows = conn.execute("SELECT id::text, status, sent_at, due_at FROM mailer.steps WHERE position = 1"
                                 ).fetchall()
@@ -138,10 +138,11 @@ def _measure(args: argparse.Namespace, world: MailerWorld, gmail: GmailProcess, 
     print(f"gmail 429s absorbed:   {rate_limited}")
 
 
-def _cpu_seconds(procs: list[Any], gmail: GmailProcess) -> dict[str, float]:
-    """CPU seconds so far of the mailer processes, of PostgreSQL and of the Gmail stand-in."""
+def _cpu_seconds(procs: list[Any], gmail: GmailProcess, database: str) -> dict[str, float]:
+    """CPU seconds so far of the mailer processes, of PostgreSQL (for ``database``) and of the stand-in."""
     table = process_table()
-    return {"mailers": tree_seconds(table, [p.proc.pid for p in procs]), "postgresql": postgres_seconds(table),
+    return {"mailers": tree_seconds(table, [p.proc.pid for p in procs]),
+            "postgresql": postgres_seconds(table, database),
             "gmail stand-in": tree_seconds(table, [gmail.pid])}
 
 

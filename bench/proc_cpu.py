@@ -38,10 +38,25 @@ def tree_seconds(table: dict[int, tuple[int, int, float]], pids: Iterable[int]) 
     return sum(tree(pid) for pid in pids)
 
 
-def postgres_seconds(table: dict[int, tuple[int, int, float]]) -> float:
-    """CPU seconds of every process of the ``postgres`` user (0 when there is no such user)."""
+def postgres_seconds(table: dict[int, tuple[int, int, float]], database: str | None = None) -> float:
+    """CPU seconds of the processes of the ``postgres`` user (0 when there is no such user): with
+    ``database``, only the server's own background processes and the backends of that database, so that
+    other clients of a shared server (another test run, say) are not counted."""
     try:
         uid = pwd.getpwnam("postgres").pw_uid
     except KeyError:
         return 0.0
-    return sum(cpu for _, owner, cpu in table.values() if owner == uid)
+    return sum(cpu for pid, (_, owner, cpu) in table.items()
+               if owner == uid and (database is None or _serves(pid, database)))
+
+
+def _serves(pid: int, database: str) -> bool:
+    """A background process ("postgres: 15/main: walwriter") or a backend of ``database``
+    ("postgres: 15/main: <role> <database> <client> <state>")."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            title = fh.read().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return False
+    words = title[2:] if len(title) > 2 and title[0] == "postgres:" else []
+    return len(words) < 3 or words[1] == database

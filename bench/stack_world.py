@@ -68,5 +68,5 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU seconds used so far by each service (with its child processes) and by PostgreSQL."""
     table = process_table()
     used = {name: tree_seconds(table, [proc.pid]) for name, proc in stack.procs.items()}
-    used["postgresql"] = postgres_seconds(table)
+    used["postgresql"] = postgres_seconds(table, stack.config.database)
     return used
