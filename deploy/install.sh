@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install everything into .venv (idempotent) and generate the gRPC stubs from protos/.
+# Install everything into .venv (idempotent) and generate the gRPC stubs from protos/; then the browser
+# tests' two outside pieces: Debian's chromium (driven by pip's playwright, whose own browser download
+# is never used) and axe-core from npm, into var/node (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +16,20 @@ fi
   -e libs/coffeeping-common -e deploy/sandbox \
   -e services/auth-gateway -e services/token-vault -e services/mailer \
   -e services/reply-watcher -e services/accounts
+
+# Browser tests (tests/e2e/test_console*.py skip with the reason when either is missing).
+AXE_CORE_VERSION=4.14.1
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "install: chromium could not be installed; the console's browser tests will skip" >&2
+fi
+if [ ! -f "var/node/node_modules/axe-core/package.json" ] \
+  || ! grep -q "\"version\": \"$AXE_CORE_VERSION\"" var/node/node_modules/axe-core/package.json; then
+  if command -v npm >/dev/null; then
+    mkdir -p var/node
+    npm install --silent --no-audit --no-fund --prefix var/node "axe-core@$AXE_CORE_VERSION" >/dev/null \
+      || echo "install: axe-core could not be installed; the console's browser tests will skip" >&2
+  else
+    echo "install: npm is missing, so axe-core is; the console's browser tests will skip" >&2
+  fi
+fi

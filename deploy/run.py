@@ -10,7 +10,7 @@ from stack import Stack, StackConfig
 
 
 def main() -> int:
-    config = StackConfig()
+    config = StackConfig(console=True)
     stack = Stack(config)
     stack.prepare()
     stopping = False
@@ -30,6 +30,7 @@ def main() -> int:
     gw = config.gateway_url
     print(f"""
 CoffeePing is running.
+  Console:      {config.console_url}/   (sign in with any email address: the sandbox stands in for Clerk)
   API:          {gw}   (try {gw}/healthz and {gw}/openapi.json)
   Sandbox:      Google {config.google_url}  Clerk {config.clerk_url}  KMS 127.0.0.1:{config.sandbox_ports['kms']}
   A session token:  TOKEN=$(.venv/bin/python -m coffeeping_sandbox.clerk mint --user user_demo --url {config.clerk_url})

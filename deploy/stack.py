@@ -90,6 +90,9 @@ class StackConfig:
     sandbox_ports: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_PORTS))
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # The gateway serves the web console against the sandbox's Clerk stand-in, and Google's consent comes
+    # back to it (run.py turns it on; the tests' shared stack keeps the API-only APP_URL).
+    console: bool = False
 
     @classmethod
     def ephemeral(cls, var_dir: Path, database: str, prefix: str) -> StackConfig:
@@ -115,6 +118,22 @@ class StackConfig:
     @property
     def clerk_url(self) -> str:
         return f"http://127.0.0.1:{self.sandbox_ports['clerk']}"
+
+    @property
+    def console_url(self) -> str:
+        """The web console, served by the gateway on its own origin."""
+        return self.gateway_url
+
+    def console_env(self) -> dict[str, str]:
+        """The gateway's console settings against the sandbox (docs/CONSOLE.md)."""
+        return {
+            "CONSOLE_URL": self.console_url,
+            "CLERK_SIGN_IN_URL": f"{self.clerk_url}/sign-in",
+            "CLERK_FRONTEND_API": self.clerk_url,
+            "APP_URL": f"{self.console_url}/settings",
+            "CORS_ALLOWED_ORIGINS": f"http://localhost:3000,{self.console_url}",
+            "CLERK_AUTHORIZED_PARTIES": f"http://localhost:3000,{self.console_url}",
+        }
 
     @property
     def redirect_uri(self) -> str:
@@ -183,6 +202,8 @@ class StackConfig:
             env["GATEWAY_PORT"] = str(self.ports[service])
             if self.sandbox:
                 env["COFFEEPING_ENV"] = "development"
+                if self.console:
+                    env.update(self.console_env())
         env.update(self.extra_env)
         return env
 

@@ -386,7 +386,7 @@ def test_nothing_refers_to_a_per_service_dockerfile():
 def test_each_service_gets_every_setting_the_run_command_gives_it(services, dev_state, tmp_path):
     _state, generated = dev_state
     for name in SERVICES:
-        local = set(StackConfig(var_dir=tmp_path).env(name)) - PROCESS_ONLY
+        local = set(StackConfig(var_dir=tmp_path, console=True).env(name)) - PROCESS_ONLY  # as run.py
         # The local stack hands every process every generated secret; a container gets its own only.
         wanted = (local - set(generated)) | (local & set(CONTAINER_SECRETS[name]))
         env = services[name]["environment"]

@@ -1,7 +1,12 @@
-"""Clerk stand-in: a JWKS endpoint and a minting API for Clerk-shaped RS256 session tokens.
+"""Clerk stand-in: a JWKS endpoint and a minting API for Clerk-shaped RS256 session tokens, and the
+browser side of Clerk for the console: a hosted sign-in page and the session refresh its script calls.
 
 Endpoints (on its own HTTP server):
   GET  /.well-known/jwks.json (also /v1/jwks)   the key set; every fetch is counted
+  GET  /sign-in?redirect_url=URL                 the hosted sign-in page (any email address signs in; the
+  POST /sign-in  form {email, redirect_url}      same address is always the same user), then back to URL
+  POST /v1/client/token                          a fresh 60 s session token for the browser's session
+  POST /v1/client/sign-out                       ends the browser's session
   POST /_sandbox/tokens  {"user_id", "lifetime_s"?, "azp"?, "sid"?, "iat"?, "claims"?, "omit"?}
   POST /_sandbox/rotate  {"keep_old"?: true}     new signing key with a new kid
   GET  /_sandbox/stats                           {"jwks_fetches": n, "tokens_minted": n, "kids": [...]}
@@ -13,7 +18,9 @@ CLI: ``python -m coffeeping_sandbox.clerk mint --user user_123 [--url http://127
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import secrets
 import sys
 import threading
@@ -22,16 +29,37 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import flask
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from markupsafe import escape
 
 from .control import Control, InjectedFault
 
 DEFAULT_AZP = "http://localhost:3000"
 DEFAULT_LIFETIME_S = 60
 CLAIMS = ("iss", "sub", "sid", "azp", "iat", "nbf", "exp", "v")
+# The browser's session with the stand-in, as Clerk's Frontend API keeps it in ``__client``.
+CLIENT_COOKIE = "__client"
+# Where the sign-in page may send the browser back and which pages may refresh a session: the local
+# machine only, as a Clerk instance allows only its own configured origins.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+def loopback_origin(address: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL on this machine, else None."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def user_for(email: str) -> str:
+    """The stand-in's user id for an email address: the same address always signs in as the same user."""
+    return "user_" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -87,6 +115,7 @@ class ClerkSandbox:
             self._keys: list[SigningKey] = [self._first_key]  # newest last; the newest signs
             self.jwks_fetches = 0
             self.tokens_minted = 0
+            self._browser_sessions: dict[str, tuple[str, str]] = {}  # client cookie -> (user id, sid)
 
     @property
     def current_key(self) -> SigningKey:
@@ -221,8 +250,100 @@ class ClerkSandbox:
         def bad_request(err: BadRequest) -> Any:
             return flask.jsonify({"error": "bad_request", "message": str(err)}), 400
 
+        self._browser_routes(app)
         _install_json_errors(app)
         return app
+
+    # ------------------------------------------------------------ the browser's side (hosted sign-in)
+
+    def sign_in(self, email: str) -> str:
+        """A new browser session for the user of ``email``; the value of its ``__client`` cookie."""
+        client = secrets.token_urlsafe(32)
+        with self._lock:
+            self._browser_sessions[client] = (user_for(email), "sess_" + secrets.token_hex(13))
+        return client
+
+    def _browser_routes(self, app: flask.Flask) -> None:
+        @app.get("/sign-in")
+        def sign_in_page() -> Any:
+            return _sign_in_page(flask.request.args.get("redirect_url", ""))
+
+        @app.post("/sign-in")
+        def sign_in_submit() -> Any:
+            email = flask.request.form.get("email", "").strip()
+            back = flask.request.form.get("redirect_url", "")
+            if not _EMAIL.match(email):
+                return _sign_in_page(back, error="Enter an email address, like name@example.com."), 422
+            response = flask.redirect(back, code=303) if loopback_origin(back) else flask.Response(
+                _page("Signed in", "<h1>You are signed in</h1><p>Go back to the app.</p>"), mimetype="text/html")
+            response.set_cookie(CLIENT_COOKIE, self.sign_in(email), httponly=True, samesite="Lax", path="/")
+            return response
+
+        @app.post("/v1/client/token")
+        def session_token() -> Any:
+            allowed = loopback_origin(flask.request.headers.get("Origin", ""))
+            with self._lock:
+                found = self._browser_sessions.get(flask.request.cookies.get(CLIENT_COOKIE, ""))
+            if allowed is None:
+                return _cors(flask.jsonify({"errors": [{"code": "origin_invalid"}]}), None), 403
+            if found is None:
+                return _cors(flask.jsonify({"errors": [{"code": "signed_out"}]}), allowed), 401
+            user_id, sid = found
+            token = self.mint(user_id, sid=sid, azp=allowed)
+            return _cors(flask.jsonify({"jwt": token, "expires_in": self.default_lifetime_s}), allowed)
+
+        @app.post("/v1/client/sign-out")
+        def sign_out() -> Any:
+            allowed = loopback_origin(flask.request.headers.get("Origin", ""))
+            if allowed is None:
+                return _cors(flask.jsonify({"errors": [{"code": "origin_invalid"}]}), None), 403
+            with self._lock:
+                self._browser_sessions.pop(flask.request.cookies.get(CLIENT_COOKIE, ""), None)
+            response = _cors(flask.Response(status=204), allowed)
+            response.delete_cookie(CLIENT_COOKIE, path="/", httponly=True, samesite="Lax")
+            return response
+
+
+def _cors(response: flask.Response, origin: str | None) -> flask.Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Vary"] = "Origin"
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+    return response
+
+
+_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;color:#1f2328;background:#f6f8fa;margin:0}"
+    "main{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem;border:1px solid #d0d7de;border-radius:8px}"
+    "label{display:block;font-weight:600;margin:1rem 0 .25rem}"
+    "input{width:100%;box-sizing:border-box;font:inherit;padding:.5rem;border:1px solid #57606a;border-radius:6px}"
+    "button{margin-top:1rem;font:inherit;font-weight:600;padding:.5rem 1rem;border:0;border-radius:6px;"
+    "background:#6e3b13;color:#fff;cursor:pointer}"
+    ":focus-visible{outline:3px solid #0550ae;outline-offset:2px}.error{color:#a40e26}.note{color:#57606a}"
+)
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>")
+
+
+def _sign_in_page(redirect_url: str, error: str = "") -> flask.Response:
+    problem = f'<p class="error" id="email-error">{escape(error)}</p>' if error else ""
+    described = ' aria-describedby="email-error" aria-invalid="true"' if error else ""
+    body = (
+        "<h1>Sign in to CoffeePing</h1>"
+        '<p class="note">Sandbox stand-in for Clerk\'s hosted sign-in: any email address signs in, and the same '
+        "address is always the same user.</p>"
+        '<form method="post" action="/sign-in">'
+        f'<input type="hidden" name="redirect_url" value="{escape(redirect_url)}">'
+        '<label for="email">Email address</label>'
+        f'<input id="email" name="email" type="email" autocomplete="email" required{described}>{problem}'
+        '<button type="submit">Continue</button></form>'
+    )
+    return flask.Response(_page("Sign in – CoffeePing", body), mimetype="text/html")
 
 
 def _install_json_errors(app: flask.Flask) -> None:

@@ -1,9 +1,10 @@
 """Google OAuth 2.0 / OpenID Connect stand-in (authorization, token, revoke, userinfo, tokeninfo).
 
 Behaves like ``accounts.google.com`` + ``oauth2.googleapis.com`` + ``openidconnect.googleapis.com`` for
-a web-server client: registered clients with exact redirect URIs, automatic (controllable) consent,
-single-use authorization codes, PKCE S256, refresh tokens only on offline first consent or
-``prompt=consent``, grant-wide revocation, and Google's error bodies.
+a web-server client: registered clients with exact redirect URIs, automatic (controllable) consent for
+API clients and a consent screen (Allow / Cancel) for a browser, single-use authorization codes, PKCE
+S256, refresh tokens only on offline first consent or ``prompt=consent``, grant-wide revocation, and
+Google's error bodies.
 
 State is in memory and guarded by one lock; :meth:`OAuthSandbox.reset` forgets everything except the
 clients registered at construction.
@@ -229,6 +230,35 @@ def _error_page(status: int, error: str, message: str) -> flask.Response:
         f"<p><b>Error {status}: {escape(error)}</b></p></body></html>"
     )
     return flask.Response(html, status=status, mimetype="text/html")
+
+
+# How Google's consent screen words each scope.
+SCOPE_WORDS = {
+    "openid": "Associate you with your personal info on Google",
+    USERINFO_EMAIL: "See your primary Google Account email address",
+    USERINFO_PROFILE: "See your personal info, including any personal info you've made publicly available",
+    GMAIL_SEND: "Send email on your behalf",
+    GMAIL_COMPOSE: "Manage drafts and send emails",
+    GMAIL_METADATA: "View your email message metadata, such as labels and headers, but not the email body",
+    GMAIL_READONLY: "View your email messages and settings",
+    GMAIL_MODIFY: "Read, compose, and send emails from your Gmail account",
+    MAIL_GOOGLE: "Read, compose, send, and permanently delete all your email from Gmail",
+}
+_CONSENT_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;color:#202124;margin:0;background:#f1f3f4}"
+    "main{max-width:30rem;margin:3rem auto;background:#fff;padding:2rem;border:1px solid #dadce0;border-radius:8px}"
+    "h1{font-size:1.4rem;font-weight:500}.account{font-weight:600}.note{color:#5f6368;font-size:.875rem}"
+    "li{margin:.4rem 0}form{display:flex;gap:1rem;justify-content:flex-end;margin-top:1.5rem}"
+    "button{font:inherit;font-weight:600;padding:.5rem 1.5rem;border-radius:4px;border:1px solid #1a73e8;"
+    "background:#1a73e8;color:#fff;cursor:pointer}button.secondary{background:#fff;color:#1a4fa0}"
+    ":focus-visible{outline:3px solid #174ea6;outline-offset:2px}"
+)
+
+
+def _wants_page() -> bool:
+    """A browser's navigation (it asks for HTML first), not an API client's request."""
+    accept = flask.request.accept_mimetypes
+    return flask.request.method == "GET" and accept.best_match(["application/json", "text/html"]) == "text/html"
 
 
 def _certs(body: dict[str, Any]) -> flask.Response:
@@ -599,12 +629,13 @@ class OAuthSandbox:
             )
         except OAuthError as err:
             return back(error=err.error)
+        decision = flask.request.form.get("consent")
+        if decision is None and "none" not in prompt and _wants_page():
+            return self._consent_screen(client_id, requested, login_hint)
         plan = self._take_plan()
-        if plan.deny:
+        if plan.deny or decision == "deny":
             return back(error="access_denied")
-        email = plan.email or (
-            login_hint if login_hint and _EMAIL_RE.match(login_hint) else self.default_email
-        )
+        email = self._account(plan, login_hint)
         with self._lock:
             grant = self._grants.get((client_id, email))
             if "none" in prompt:
@@ -635,6 +666,31 @@ class OAuthSandbox:
             )
             self._codes[code.code] = code
         return back(code=code.code, scope=" ".join(sorted(code.scopes)), authuser="0", prompt="consent")
+
+    def _account(self, plan: ConsentPlan, login_hint: str | None) -> str:
+        return plan.email or (login_hint if login_hint and _EMAIL_RE.match(login_hint) else self.default_email)
+
+    def _consent_screen(self, client_id: str, requested: frozenset[str], login_hint: str | None) -> flask.Response:
+        """What a browser sees: the account, the app and each scope asked for; Allow or Cancel posts back
+        here with the same parameters. (API clients, which do not ask for HTML, get the automatic consent.)"""
+        with self._lock:
+            plan = self._next_plans[0] if self._next_plans else self._default_plan
+        email = self._account(plan, login_hint)
+        hidden = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+                         for k, v in flask.request.args.items(multi=True))
+        scopes = "".join(f"<li>{escape(SCOPE_WORDS.get(s, s))}</li>" for s in sorted(requested))
+        html = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Sign in with Google</title><style>{_CONSENT_STYLE}</style></head><body><main>"
+            f"<p class=\"note\">Sandbox stand-in for Google's consent screen</p>"
+            f"<h1>{escape(client_id)} wants to access your Google Account</h1>"
+            f'<p class="account">{escape(email)}</p><p>This will allow the app to:</p><ul>{scopes}</ul>'
+            f'<form method="post" action="{escape(flask.request.path)}">{hidden}'
+            '<button type="submit" name="consent" value="deny" class="secondary">Cancel</button>'
+            '<button type="submit" name="consent" value="allow">Allow</button></form></main></body></html>'
+        )
+        return _no_store(flask.Response(html, mimetype="text/html"))
 
     def _validate_authorize(self, args: Any) -> tuple:
         response_type = args.get("response_type")

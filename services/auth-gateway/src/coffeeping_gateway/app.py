@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from coffeeping.common.logging import new_request_id, request_id_var
-from coffeeping_gateway import views
+from coffeeping_gateway import console, views
 from coffeeping_gateway.auth import ClerkVerifier, InvalidToken, JwksCache
 from coffeeping_gateway.clients import Clients
 from coffeeping_gateway.config import Settings
@@ -64,6 +65,46 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
                     "(allowed only with COFFEEPING_ENV=development)")
     for blueprint in views.blueprints():
         app.register_blueprint(blueprint)
+    _serve(app, settings)
+    if settings.console_url:
+        if not settings.clerk_publishable_key:
+            log.warning("CONSOLE_URL without CLERK_PUBLISHABLE_KEY: the console refreshes sessions at "
+                        "CLERK_FRONTEND_API (the sandbox's Clerk stand-in), not with Clerk's frontend script")
+        # The console is an app of its own on the same origin, so the API's routes stay exactly the ones
+        # its OpenAPI document lists; it shares the API's services, settings and session checks.
+        pages = Flask("coffeeping_gateway.console", static_folder=None)
+        pages.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+        pages.extensions = app.extensions
+        console.install(pages, settings)
+        _serve(pages, settings)
+        app.wsgi_app = _Dispatch(app, pages)  # type: ignore[method-assign]
+    return app
+
+
+class _Dispatch:
+    """The API's own routes (and any address under /v1/) to the API; every other address to the console."""
+
+    def __init__(self, api: Flask, pages: Flask) -> None:
+        self.api, self.api_wsgi, self.pages = api, api.wsgi_app, pages
+
+    def _api_routes(self, environ: dict[str, Any]) -> bool:
+        if environ.get("PATH_INFO", "").startswith("/v1/"):
+            return True
+        try:
+            self.api.url_map.bind_to_environ(environ).match()
+        except (RequestRedirect, MethodNotAllowed):
+            return True
+        except HTTPException:
+            return False
+        return True
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        serve = self.api_wsgi if self._api_routes(environ) else self.pages.wsgi_app
+        return serve(environ, start_response)
+
+
+def _serve(app: Flask, settings: Settings) -> None:
+    """Request ids, body limits, authentication, the cross-site check, headers, access log and errors."""
 
     @app.before_request
     def start() -> Response | None:
@@ -73,7 +114,7 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         request_id_var.set(rid)
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             # Refused before anything reads it, whatever the route (Flask only checks on read).
-            return problem_response(413, "the request body is too large")
+            return refuse(413, "the request body is too large")
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return Response(status=204)
         view = app.view_functions.get(request.endpoint or "")
@@ -83,15 +124,25 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         try:
             g.session = app.extensions["coffeeping.verifier"].verify(token or "")
         except InvalidToken as exc:
+            if receipt_user := console.receipt_user(view):
+                g.receipt_user = receipt_user
+                return None
             log.info("authentication refused", extra={"reason": str(exc)})
+            if console.navigation(view):
+                return console.to_sign_in()
             return problem_response(401, "a valid session token is required",
                                     headers={"WWW-Authenticate": "Bearer"})
         if _cross_site(from_cookie, settings.cors_origins):
             log.info("cross-site request refused", extra={"method": request.method, "route": request.url_rule.rule
                                                           if request.url_rule else "unmatched"})
-            return problem_response(403, "a request authenticated by the session cookie must come from the app's "
-                                    "own origin")
+            return refuse(403, "a request authenticated by the session cookie must come from the app's own origin")
         return None
+
+    def refuse(status: int, detail: str = "", **extra: Any) -> Response:
+        """A problem document, or for a person's browser on the console, a page saying the same."""
+        if console.error_pages(app.view_functions.get(request.endpoint or "")):
+            return console.error_page(status, detail)
+        return problem_response(status, detail, **extra)
 
     @app.after_request
     def finish(response: Response) -> Response:
@@ -116,14 +167,14 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
 
     @app.errorhandler(Problem)
     def on_problem(exc: Problem) -> Response:
-        return problem_response(exc.status, exc.detail, **exc.extra)
+        return refuse(exc.status, exc.detail, **exc.extra)
 
     @app.errorhandler(HTTPException)
     def on_http(exc: HTTPException) -> Response:
         status = exc.code or 500
         detail = {413: "the request body is too large", 404: "no such resource",
                   405: "method not allowed for this resource"}.get(status, "")
-        response = problem_response(status, detail)
+        response = refuse(status, detail)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
@@ -131,6 +182,4 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
     @app.errorhandler(Exception)
     def on_error(exc: Exception) -> Any:
         log.error("unhandled error", extra={"error": type(exc).__name__})
-        return problem_response(500, "an unexpected error occurred")
-
-    return app
+        return refuse(500, "an unexpected error occurred")

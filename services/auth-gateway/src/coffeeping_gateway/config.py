@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from coffeeping.common.config import ConfigError, csv_list, host_port, integer, secret_text, setting, url
 from coffeeping.common.rpc import TlsSettings
 
 DEVELOPMENT, PRODUCTION = "development", "production"
+
+
+def origin(address: str) -> str:
+    """``scheme://host[:port]`` of a URL: what a browser sends as ``Origin``."""
+    parts = urlsplit(address)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def publishable_key(raw: str) -> str:
+    """A Clerk publishable key: ``pk_test_`` or ``pk_live_`` and the base64 of ``<frontend api host>$``."""
+    frontend_api_host(raw)
+    return raw
+
+
+def frontend_api_host(key: str) -> str:
+    prefix, _, encoded = key.partition("_")[2].partition("_")
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        decoded = ""
+    if prefix not in ("test", "live") or not key.startswith("pk_") or not decoded.endswith("$") or len(decoded) < 2:
+        raise ValueError("must be a Clerk publishable key (pk_test_... or pk_live_...)")
+    return decoded[:-1]
 
 
 def environment(raw: str) -> str:
@@ -46,9 +72,37 @@ class Settings(TlsSettings):
     gmail_push_service_account: str = setting("GMAIL_PUSH_SERVICE_ACCOUNT", default="")
     google_oidc_certs_url: str = setting("GOOGLE_OIDC_CERTS_URL", url,
                                          default="https://www.googleapis.com/oauth2/v1/certs")
+    # The web console (docs/CONSOLE.md): served when CONSOLE_URL is set. Sign-in is Clerk's hosted page;
+    # Clerk's frontend script (from the Frontend API named by the publishable key) keeps the session fresh.
+    # Without a publishable key (development: a warning is logged) the console's own script refreshes the
+    # session at CLERK_FRONTEND_API, the sandbox's Clerk stand-in.
+    console_url: str = setting("CONSOLE_URL", url, default="")
+    clerk_sign_in_url: str = setting("CLERK_SIGN_IN_URL", url, default="")
+    clerk_publishable_key: str = setting("CLERK_PUBLISHABLE_KEY", publishable_key, default="")
+    clerk_frontend_api: str = setting("CLERK_FRONTEND_API", url, default="")
 
     def __post_init__(self) -> None:
         # Without allowed parties a session token minted for any other Clerk frontend would be accepted;
         # only a developer's machine may run so (the gateway then checks no ``azp``).
         if not self.clerk_authorized_parties and self.environment != DEVELOPMENT:
             raise ConfigError("CLERK_AUTHORIZED_PARTIES is required unless COFFEEPING_ENV=development")
+        if self.console_url:
+            self._check_console()
+
+    def _check_console(self) -> None:
+        if not self.clerk_sign_in_url:
+            raise ConfigError("CONSOLE_URL needs CLERK_SIGN_IN_URL (Clerk's hosted sign-in page)")
+        if not self.clerk_publishable_key and not self.clerk_frontend_api:
+            raise ConfigError("CONSOLE_URL needs CLERK_PUBLISHABLE_KEY or CLERK_FRONTEND_API")
+        # The console's forms ride on the session cookie: its origin must pass the cross-site check.
+        if origin(self.console_url) not in self.cors_origins:
+            raise ConfigError("CORS_ALLOWED_ORIGINS must include the origin of CONSOLE_URL")
+        if self.clerk_authorized_parties and origin(self.console_url) not in self.clerk_authorized_parties:
+            raise ConfigError("CLERK_AUTHORIZED_PARTIES must include the origin of CONSOLE_URL")
+
+    @property
+    def console_frontend_api(self) -> str:
+        """Where the browser refreshes its Clerk session: configured, or named by the publishable key."""
+        if self.clerk_frontend_api or not self.clerk_publishable_key:
+            return self.clerk_frontend_api
+        return "https://" + frontend_api_host(self.clerk_publishable_key)
