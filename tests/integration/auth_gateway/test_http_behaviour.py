@@ -43,6 +43,10 @@ def test_cors_answers_only_configured_origins(stack):
 def test_request_ids_are_echoed_and_generated(stack):
     given = requests.get(f"{stack.url}/healthz", headers={"X-Request-ID": "abc123"}, timeout=10)
     assert given.headers["X-Request-ID"] == "abc123"
+    # A load balancer's hyphenated UUID is kept, so one id follows the request from the edge.
+    balancer = "3f2b8c1e-9d4a-4e6b-8f0a-1c2d3e4f5a6b"
+    kept = requests.get(f"{stack.url}/healthz", headers={"X-Request-ID": balancer}, timeout=10)
+    assert kept.headers["X-Request-ID"] == balancer
     made = requests.get(f"{stack.url}/healthz", headers={"X-Request-ID": "bad id;" + "x" * 100}, timeout=10)
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
 

@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from coffeeping.common.logging import new_request_id, request_id_var
+from coffeeping.common.logging import accepted_request_id, request_id_var
 from coffeeping_gateway import console, views
 from coffeeping_gateway.auth import ClerkVerifier, InvalidToken, JwksCache
 from coffeeping_gateway.clients import Clients
@@ -110,8 +110,7 @@ def _serve(app: Flask, settings: Settings) -> None:
     def start() -> Response | None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        rid = incoming if incoming.isalnum() and len(incoming) <= 64 else new_request_id()
-        request_id_var.set(rid)
+        request_id_var.set(accepted_request_id(incoming))
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             # Refused before anything reads it, whatever the route (Flask only checks on read).
             return refuse(413, "the request body is too large")

@@ -54,10 +54,19 @@ def current_request_id() -> str:
     return request_id_var.get()
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def accepted_request_id(request_id: str | None) -> str:
+    """``request_id`` when it looks like one (up to 64 letters, digits, ``.``, ``_``, ``-``: a hyphenated
+    UUID from a load balancer included), else a new one."""
+    return request_id if request_id and _REQUEST_ID.fullmatch(request_id) else new_request_id()
+
+
 @contextmanager
 def request_context(request_id: str | None) -> Iterator[str]:
     """Bind a request id (a new one when none is given or it looks wrong) for the block."""
-    rid = request_id if request_id and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", request_id) else new_request_id()
+    rid = accepted_request_id(request_id)
     token = request_id_var.set(rid)
     try:
         yield rid

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coffeeping.common.config import setting
 from coffeeping.common.db import InvalidUserId, validate_user_id
-from coffeeping.common.logging import current_request_id, request_id_var
+from coffeeping.common.logging import accepted_request_id, current_request_id, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             caller_var.set(caller)
             user_var.set("")
             metadata = dict(context.invocation_metadata())
-            request_id_var.set(str(metadata.get(REQUEST_ID_KEY, ""))[:64])
+            request_id_var.set(accepted_request_id(str(metadata.get(REQUEST_ID_KEY, ""))))
             if open_method:
                 return
             if rule is None or caller not in rule.callers:
