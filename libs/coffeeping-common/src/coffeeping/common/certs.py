@@ -32,7 +32,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         fh.write(data)
 
 
-def _load_or_create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def certificate_authority(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The development CA in ``directory`` (``ca.pem``, ``ca-key.pem``), created when missing."""
     cert_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
     if cert_path.exists() and key_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -62,11 +63,14 @@ def _load_or_create_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCu
 
 
 def issue(
-    directory: Path, service: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+    directory: Path, service: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+    dns_names: tuple[str, ...] = (),
 ) -> None:
+    """``<service>.pem`` and its key, for the service's name, ``localhost`` and 127.0.0.1; with ``dns_names``,
+    for those names only (as cert-manager issues one for a Kubernetes Service)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names] or [
         x509.DNSName(service),
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -94,7 +98,7 @@ def issue(
 def ensure(directory: Path, services: tuple[str, ...] = SERVICES) -> Path:
     """Create the CA and any missing service certificate; existing files are kept."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_cert, ca_key = _load_or_create_ca(directory)
+    ca_cert, ca_key = certificate_authority(directory)
     for service in services:
         if not (directory / f"{service}.pem").exists() or not (directory / f"{service}-key.pem").exists():
             issue(directory, service, ca_cert, ca_key)
