@@ -11,6 +11,12 @@ from stack import Stack, StackConfig
 
 def main() -> int:
     config = StackConfig(console=True)
+    if not config.sandbox:
+        found = config.settings_problems()
+        if found:
+            print("COFFEEPING_SANDBOX=off takes every setting from the environment; nothing was started, because:",
+                  *(f"  {problem}" for problem in found), sep="\n", file=sys.stderr)
+            return 2
     stack = Stack(config)
     stack.prepare()
     stopping = False
@@ -37,7 +43,8 @@ CoffeePing is running.
   Then:         curl -H "Authorization: Bearer $TOKEN" {gw}/v1/me
   Guided demo:  .venv/bin/python deploy/demo.py connect | outreach | reply   (see README.md)
 Press Ctrl-C to stop everything.
-""" if config.sandbox else f"\nCoffeePing is running at {gw} (no sandbox). Ctrl-C stops it.\n", flush=True)
+""" if config.sandbox else f"\nCoffeePing is running at {gw} (no sandbox; the console, if CONSOLE_URL is set, at "
+      f"{config.environ.get('CONSOLE_URL') or 'none'}). Ctrl-C stops it.\n", flush=True)
     try:
         while not stopping:
             for name, proc in stack.procs.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import os
 import secrets
 import signal
@@ -33,6 +34,7 @@ from bootstrap_broker import (  # noqa: E402
 from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, read_env_file, role_url  # noqa: E402
 
 from coffeeping.common import services  # noqa: E402
+from coffeeping.common.config import problems  # noqa: E402
 
 # name: (module, schema or None, default port), from the one registry.
 SERVICES = {s.name: (s.package, s.schema, s.port) for s in services.ALL}
@@ -93,6 +95,12 @@ class StackConfig:
     # The gateway serves the web console against the sandbox's Clerk stand-in, and Google's consent comes
     # back to it (run.py turns it on; the tests' shared stack keeps the API-only APP_URL).
     console: bool = False
+    # Without the sandbox, the operator's environment: every application setting comes from here as given.
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def __post_init__(self) -> None:
+        if not self.sandbox and self.environ.get("GATEWAY_PORT"):
+            self.ports = {**self.ports, "auth-gateway": int(self.environ["GATEWAY_PORT"])}
 
     @classmethod
     def ephemeral(cls, var_dir: Path, database: str, prefix: str) -> StackConfig:
@@ -163,13 +171,13 @@ class StackConfig:
         }
 
     def env(self, service: str) -> dict[str, str]:
-        module, schema, _ = SERVICES[service]
+        """What the run command hands ``service``: where things are on this machine (its ports, the other
+        services' addresses, its certificates, its database and broker logins), then, with the sandbox,
+        the development values, secrets and stand-in endpoints; without it, the operator's environment as
+        it is, nothing invented (``settings_problems`` names what it lacks)."""
+        _, schema, _ = SERVICES[service]
         certs = self.var_dir / "certs"
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": os.environ.get("HOME", "/root"),
-            "PYTHONUNBUFFERED": "1",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        here = {
             "TLS_CA_CERT": str(certs / "ca.pem"),
             "TLS_CERT": str(certs / f"{service}.pem"),
             "TLS_KEY": str(certs / f"{service}-key.pem"),
@@ -178,35 +186,47 @@ class StackConfig:
             "TOKEN_VAULT_GRPC_ADDR": f"127.0.0.1:{self.ports['token-vault']}",
             "MAILER_GRPC_ADDR": f"127.0.0.1:{self.ports['mailer']}",
             "REPLY_WATCHER_GRPC_ADDR": f"127.0.0.1:{self.ports['reply-watcher']}",
+        }
+        if schema:
+            here["RABBITMQ_URL"] = self.broker_url(service)
+            # Development: the roles' passwords default to <role>-dev-password (deploy/bootstrap_db.py).
+            here["DATABASE_URL"] = role_url(self.admin_url, self.database, f"cp_{schema}", dev=True)
+            here["GRPC_PORT"] = str(self.ports[service])
+        else:
+            here["GATEWAY_PORT"] = str(self.ports[service])
+        if not self.sandbox:
+            return {**self.environ, "PYTHONUNBUFFERED": "1", **here, **self.extra_env}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/root"),
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            **here,
             "GOOGLE_CLIENT_ID": GOOGLE_CLIENT_ID,
             "GOOGLE_REDIRECT_URI": self.redirect_uri,
             "APP_URL": "http://localhost:3000",
             "CORS_ALLOWED_ORIGINS": "http://localhost:3000",
             "MAILER_SCHEDULER_INTERVAL_S": "1",
             "REPLY_WATCHER_POLL_INTERVAL_S": "5",
+            **self.sandbox_env(),
         }
         # Each process gets its own secrets only, as each container and pod does.
         secrets_ = dev_secrets(self.var_dir / "dev-secrets.env")
         env.update({name: secrets_[name] for name in CONTAINER_SECRETS[service]})
-        if self.sandbox:
-            env.update(self.sandbox_env())
-        else:
-            # Point the services at whatever the operator's environment names.
-            env.update({k: v for k, v in os.environ.items() if k not in env or k in self.sandbox_env()})
-        if schema:
-            env["RABBITMQ_URL"] = self.broker_url(service)
-            # Development: the roles' passwords default to <role>-dev-password (deploy/bootstrap_db.py).
-            env["DATABASE_URL"] = role_url(self.admin_url, self.database, f"cp_{schema}", dev=True)
-            env["GRPC_PORT"] = str(self.ports[service])
-        else:
-            env["GATEWAY_PORT"] = str(self.ports[service])
-            if self.sandbox:
-                env["COFFEEPING_ENV"] = "development"
-                if self.console:
-                    env.update(self.console_env())
+        if not schema:
+            env["COFFEEPING_ENV"] = "development"
+            if self.console:
+                env.update(self.console_env())
         env.update(self.extra_env)
         return env
 
+    def settings_problems(self) -> list[str]:
+        """What each service would refuse to start with, as ``service: problem`` (empty: all can start)."""
+        found = []
+        for name, (module, _, _) in SERVICES.items():
+            settings = importlib.import_module(f"{module}.config").Settings
+            found += [f"{name}: {problem}" for problem in problems(settings, self.env(name))]
+        return found
 
     def broker_passwords(self) -> dict[str, str]:
         secrets_ = dev_secrets(self.var_dir / "dev-secrets.env")

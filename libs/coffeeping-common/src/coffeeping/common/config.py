@@ -138,6 +138,20 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     return cls(**values)
 
 
+def problems(cls: type[Any], environ: Mapping[str, str]) -> list[str]:
+    """Everything wrong with ``environ`` for ``cls``: each required setting that is not set, then the first
+    malformed or inconsistent value ``load`` finds (empty when it would load)."""
+    unset = [field.metadata["env"] for field in dataclasses.fields(cls)
+             if field.metadata["default"] is _MISSING and not environ.get(field.metadata["env"])]
+    if unset:
+        return [f"{name} is required but not set" for name in unset]
+    try:
+        load(cls, environ)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def load_or_exit(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     """``load`` for entry points: one clear line on stderr and exit status 2 on a bad setting."""
     try:
