@@ -27,3 +27,29 @@ def test_every_kind_of_token_is_masked(secret):
 def test_a_line_without_any_is_returned_as_it_is():
     line = '{"msg": "rpc", "rpc_method": "/coffeeping.accounts.v1.Accounts/GetMe", "code": "OK", "ms": 1.2}'
     assert mask_secrets(line) is line
+
+
+def test_an_error_carries_its_frames_but_no_values(capsys):
+    import json
+    import logging
+
+    from coffeeping.common.logging import JsonFormatter
+
+    def deep(address: str) -> None:
+        secret_local = f"mail for {address}"  # noqa: F841 - a local that must never reach a log line
+        raise KeyError("step")
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter("test"))
+    log = logging.getLogger("test_logging_frames")
+    log.addHandler(handler)
+    try:
+        deep("ada@example.com")
+    except KeyError as exc:
+        log.error("unhandled error", exc_info=exc)
+    finally:
+        log.removeHandler(handler)
+    entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert entry["error"] == "KeyError: 'step'"
+    assert entry["stack"][-1].startswith("test_logging.py:") and entry["stack"][-1].endswith(" in deep")
+    assert "ada@example.com" not in json.dumps(entry) and "secret_local" not in json.dumps(entry)

@@ -180,5 +180,5 @@ def _serve(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(Exception)
     def on_error(exc: Exception) -> Any:
-        log.error("unhandled error", extra={"error": type(exc).__name__})
+        log.error("unhandled error", exc_info=exc)
         return refuse(500, "an unexpected error occurred")

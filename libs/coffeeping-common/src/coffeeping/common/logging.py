@@ -16,9 +16,11 @@ import logging
 import re
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -95,9 +97,12 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
         if record.exc_info:
-            # The exception type and message only: a traceback can carry local values.
-            exc = record.exc_info[1]
+            # The exception, and where it was raised: each frame's file, line and function, never the
+            # values of its variables or the source text (a traceback's locals can hold anything).
+            exc, traceback_ = record.exc_info[1], record.exc_info[2]
             entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["stack"] = [f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+                              for frame in traceback.extract_tb(traceback_, limit=-30)]
         return mask_secrets(json.dumps(entry, ensure_ascii=False))
 
 
