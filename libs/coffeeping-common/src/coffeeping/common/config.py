@@ -138,11 +138,16 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     return cls(**values)
 
 
+def is_required(item: dataclasses.Field[Any]) -> bool:
+    """Whether a setting has no default (its variable must be set)."""
+    return item.metadata["default"] is _MISSING
+
+
 def problems(cls: type[Any], environ: Mapping[str, str]) -> list[str]:
     """Everything wrong with ``environ`` for ``cls``: each required setting that is not set, then the first
     malformed or inconsistent value ``load`` finds (empty when it would load)."""
-    unset = [field.metadata["env"] for field in dataclasses.fields(cls)
-             if field.metadata["default"] is _MISSING and not environ.get(field.metadata["env"])]
+    unset = [item.metadata["env"] for item in dataclasses.fields(cls)
+             if is_required(item) and not environ.get(item.metadata["env"])]
     if unset:
         return [f"{name} is required but not set" for name in unset]
     try:
