@@ -127,8 +127,10 @@ class MailerWorld:
         """The superuser's URL of the benchmark's database."""
         return self.admin_url.rsplit("/", 1)[0] + f"/{self.database}"
 
-    def start_mailers(self, count: int, workers: int, gmail_url: str | None = None) -> list[MailerProcess]:
-        """``count`` mailer processes, Gmail at ``gmail_url`` (default: the sandbox in this process)."""
+    def start_mailers(self, count: int, workers: int, gmail_url: str | None = None,
+                      extra_env: dict[str, str] | None = None) -> list[MailerProcess]:
+        """``count`` mailer processes, Gmail at ``gmail_url`` (default: the sandbox in this process), with
+        ``extra_env`` added to their settings."""
         procs = []
         certs = self.certs
         for i in range(count):
@@ -142,7 +144,8 @@ class MailerWorld:
                    "TOKEN_VAULT_GRPC_ADDR": f"127.0.0.1:{self.vault_port}",
                    "GMAIL_API_ENDPOINT": gmail_url or self.sandbox.google_url,
                    "MAILER_SCHEDULER_INTERVAL_S": "0.2", "MAILER_SCHEDULER_WORKERS": str(workers),
-                   "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2"}
+                   "MAILER_DAILY_CAP": "100000", "LOG_LEVEL": "WARNING", "SHUTDOWN_GRACE_S": "2",
+                   **(extra_env or {})}
             procs.append(MailerProcess(env, self.var / f"mailer-{i}.log").start())
         return procs
 

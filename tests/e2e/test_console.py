@@ -162,6 +162,31 @@ def test_a_person_does_everything_in_the_browser(stack, console, person):
     person.assert_accessible("home-replied")
     assert wait_until(lambda: not mailbox(stack, google_account)["drafts"], timeout=30), "drafts left behind"
 
+    # Settings → Privacy: what CoffeePing did in the mailbox, counted from the access log.
+    _nav(page, "Settings")
+    page.get_by_role("link", name="See what CoffeePing did with your Gmail").click()
+    page.get_by_role("heading", name="What CoffeePing did with your Gmail").wait_for()
+    assert page.locator("[data-content-reads]").inner_text() == "0"
+    log = page.locator(".access-log li .what")
+
+    def described(prefix: str) -> list[str]:
+        """The entries' plain words once one from ``prefix`` (a service) shows: records come in batches."""
+        for _ in range(40):
+            if any(text.startswith(prefix) for text in log.all_inner_texts()):
+                break
+            page.wait_for_timeout(250)
+            page.reload()
+        return log.all_inner_texts()
+
+    assert any(text.startswith("Mailer sent") for text in described("Mailer sent"))
+    assert f"ada.{tag}@example.com" not in page.content()  # ids and methods, never an address
+    person.assert_accessible("privacy")
+    page.get_by_label("By").select_option("reply-watcher")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/settings/privacy?*service=reply-watcher*")
+    watcher = described("Reply watcher")
+    assert watcher and all(text.startswith("Reply watcher") for text in watcher), watcher
+
     # 8. Download the export.
     _nav(page, "Settings")
     with page.expect_download() as download:

@@ -7,11 +7,16 @@ from typing import get_args
 import pytest
 from openapi_spec_validator import validate
 
+from coffeeping.common.access_log import KINDS
 from coffeeping.mailer.v1 import mailer_pb2 as pb
 from coffeeping_gateway import schemas
 from coffeeping_gateway.api import field_name, from_message, to_message
 from coffeeping_gateway.openapi import document
 from coffeeping_mailer import models
+
+
+def test_the_access_kinds_are_the_access_logs():
+    assert get_args(schemas.AccessKind) == KINDS
 
 
 def test_the_states_and_stop_reasons_are_the_mailers():

@@ -12,6 +12,8 @@ from coffeeping.common.frozen_ddl import OUTBOX_INBOX_V1, RLS_OWNER_V1, render
 # SHA-256 of the constant's statements joined by NUL. A new version gets a new line here; an existing
 # line never changes.
 PINNED = {
+    "GMAIL_ACCESS_DROP_V1": "98f1924901859dbc945ad96f1be997d7e812aebcb2b91bf7a170f8a53a6783f3",
+    "GMAIL_ACCESS_V1": "de4a5aff9a95f1a54a2cb489073cb56efa407db8d3d9461b94c699f72be520d4",
     "OUTBOX_INBOX_DROP_V1": "65d4e3408f6119f7cf2bfa6a35ae344c270e3501628c4cd600221c378d68670c",
     "OUTBOX_INBOX_V1": "5288d8a1bc76a6a085e6fa93085197f74faa16abb9ba7c75ccd60ff8cff3e416",
     "RLS_OWNER_OR_SYSTEM_V1": "9f1f575b042c9605251d91595ae6ee79ed12dff93bc7f6a5e7ce4b960471d93d",

@@ -1,8 +1,9 @@
 """The data export: one JSON document assembled from the services that own the data.
 
 The accounts service writes the profile section and fans in over gRPC from the vault (Gmail
-connection, audit entries), the mailer (contacts, sequences with every email step) and the reply
-watcher (detected replies and bounces), each streaming ``ExportRecord``s. Records are written to the
+connection, audit entries with every token issued), the mailer (contacts, sequences with every email
+step, its Gmail access log) and the reply watcher (detected replies and bounces, its Gmail access log),
+each streaming ``ExportRecord``s. Records are written to the
 caller as they arrive, in chunks of about ``CHUNK_BYTES``, so memory stays flat whatever the size of
 the account. A document that ends without ``"complete": true`` was cut short by a failure.
 """
@@ -34,6 +35,11 @@ ABOUT = (
     "description and a list of records. OAuth tokens and keys are never exported, and we never hold the "
     "content of mail you receive."
 )
+_ACCESS_LOG = (
+    "Your access log: every Gmail API call the {service} made for you, in plain words, with when, the method "
+    "and its scopes, the Gmail ids it named, the headers a metadata read asked for, Gmail's answer and the "
+    "quota it cost. Never the content, subject or addresses of a message, nor the value of any header."
+)
 # The sections every export has (empty when there is nothing), with their descriptions and owners.
 SECTIONS: dict[str, tuple[str, str]] = {
     "profile": ("accounts", "Your CoffeePing account: your user id and when it was created."),
@@ -44,8 +50,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     ),
     "vault_audit": (
         "token-vault",
-        "The token vault's audit log for your account: when your Google grant was stored, used, "
-        "refreshed or revoked.",
+        "The token vault's audit log for your account: when your Google grant was stored, used (each "
+        "access token handed out: to which service, for which scopes, until when), refreshed or revoked.",
     ),
     "contacts": ("mailer", "Every contact you added."),
     "sequences": (
@@ -58,6 +64,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "Replies and bounces detected in your threads: when, and in which thread. The content of mail you "
         "receive is never read or stored.",
     ),
+    "gmail_access_by_mailer": ("mailer", _ACCESS_LOG.format(service="mailer")),
+    "gmail_access_by_reply_watcher": ("reply-watcher", _ACCESS_LOG.format(service="reply watcher")),
 }
 
 

@@ -7,6 +7,7 @@ import binascii
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from coffeeping.common.access_log import AccessLogRetention
 from coffeeping.common.config import ConfigError, csv_list, host_port, integer, secret_text, setting, url
 from coffeeping.common.rpc import TlsSettings
 
@@ -44,7 +45,7 @@ def environment(raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class Settings(TlsSettings):
+class Settings(TlsSettings, AccessLogRetention):  # the retention: told on the console's Privacy page
     # Unset means production, so a forgotten setting fails closed; any other value stops the start.
     environment: str = setting("COFFEEPING_ENV", environment, default=PRODUCTION)
     port: int = setting("GATEWAY_PORT", integer(1, 65535), default=8080)

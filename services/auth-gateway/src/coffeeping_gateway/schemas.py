@@ -11,6 +11,7 @@ written as null.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, ConfigDict, Field, field_validator
@@ -292,5 +293,96 @@ class SequencePage(Output):
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
 
 
+# ------------------------------------------------------------------------------------- the access log
+# ``coffeeping.common.access_log.KINDS``; a test holds the two equal.
+AccessKind = Literal["message_sent", "draft_created", "draft_updated", "draft_deleted", "draft_read", "metadata_read",
+                     "content_read", "ids_listed", "profile_read", "watch_started", "watch_stopped", "token_issued",
+                     "other"]
+AccessService = Literal["mailer", "reply-watcher", "token-vault"]
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class AccessLogQuery(PageQuery):
+    service: AccessService | None = Field(None, description="only this service's entries")
+    kind: AccessKind | None = Field(None, description="only this kind of access")
+    method: str = Field("", max_length=64, pattern=r"^[A-Za-z.]*$",
+                        description="only this method, e.g. users.threads.get or TokenVault.GetAccessToken")
+    since: AwareDatetime | None = Field(None, description="only entries at or after this time (RFC 3339)")
+    until: AwareDatetime | None = Field(None, description="only entries before this time (RFC 3339)")
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # A query string is lax by nature; a time must still be written as one (pydantic reads "0.5" as
+        # half a second after 1970).
+        if value is not None and not (isinstance(value, str) and _RFC3339.match(value)):
+            raise ValueError("must be an RFC 3339 date-time with its offset, e.g. 2026-12-01T09:00:00Z")
+        return value
+
+
+class AccessEntry(Output):
+    """One Gmail API call made on your behalf, or one access token issued for your Google grant: ids,
+    method and outcome, never content, a subject, an address or a header value."""
+
+    id: str = Field(description="unique in the log: the service and its entry number")
+    service: AccessService
+    at: dt.datetime = Field(description="when the call was sent (the token handed out)")
+    kind: AccessKind
+    method: str = Field(description="Gmail's method name, e.g. users.threads.get; TokenVault.GetAccessToken")
+    description: str = Field(description="the entry in plain words")
+    scopes: list[str] = Field(description="the scopes of the token the call used (or the token issued)")
+    thread_id: str | None = omitted()
+    message_id: str | None = omitted()
+    draft_id: str | None = omitted()
+    format: str | None = omitted(description="the format asked of Gmail: metadata, minimal, raw or full")
+    metadata_headers: list[str] = Field(description="the header names a metadata read asked for (names only)")
+    http_status: int | None = omitted(description="Gmail's answer; absent when none came")
+    quota_units: int = Field(description="the method's cost in Gmail's quota table")
+    sequence_id: str | None = omitted(description="your sequence the call served")
+    step: int | None = omitted(description="0: the sequence's first email, n: its follow-up n")
+    contact_deleted: bool = Field(description="about a contact you deleted since: its ids are not kept")
+    caller: str | None = omitted(description="token issues: the service that got the token")
+    expires_at: dt.datetime | None = omitted(description="token issues: when the token stops working")
+
+
+class AccessCount(Output):
+    day: dt.date = Field(description="the day, in UTC")
+    kind: AccessKind
+    calls: int
+    quota_units: int
+    failed: int = Field(description="calls Gmail refused or never answered")
+
+
+class AccessLogPage(Output):
+    items: list[AccessEntry] = Field(description="newest first")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+    since: dt.datetime = Field(description="the start of the period `days` counts")
+    until: dt.datetime = Field(description="the end of the period `days` counts")
+    days: list[AccessCount] = Field(description="the entries matching the filters per day and kind, from `since` "
+                                                "(default: 30 days before `until`) to `until` (default: now)")
+
+
+class PrivacySummary(Output):
+    """What CoffeePing did with your Gmail over the last 30 days, counted from the access log."""
+
+    since: dt.datetime
+    until: dt.datetime
+    messages_sent: int
+    drafts_created: int
+    drafts_updated: int
+    drafts_deleted: int
+    drafts_read: int = Field(description="reads of CoffeePing's own drafts in your mailbox")
+    metadata_reads: int = Field(description="reads of ids, labels and the headers named in `metadata_headers`")
+    metadata_headers: dict[str, int] = Field(description="how many metadata reads asked for each header")
+    content_reads: int = Field(description="reads that could return the content of a message: always 0")
+    gmail_calls: int
+    failed_calls: int
+    quota_units: int
+    tokens_issued: int
+    by_kind: dict[AccessKind, int]
+    by_service: dict[AccessService, int]
+
+
 MODELS = (Problem, Me, PushEnvelope, GmailConnect, DeleteAccountInput, DeletionStatus, DeletionAccepted, Export, Health,
-          ContactInput, Contact, ContactPage, ImportResult, SequenceInput, SendInput, Sequence, SequencePage)
+          ContactInput, Contact, ContactPage, ImportResult, SequenceInput, SendInput, Sequence, SequencePage,
+          AccessLogPage, PrivacySummary)

@@ -1,10 +1,15 @@
 """Entry point: ``coffeeping-mailer`` (or ``python -m coffeeping_mailer``).
 
-Runs the gRPC API and three workers: the outbox relay, the event consumer and the scheduler.
+Runs the gRPC API and four workers: the outbox relay, the event consumer, the scheduler and the access
+log's writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+from coffeeping.common.access_log import AccessLog
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
@@ -31,13 +36,16 @@ def main() -> None:
     # The scheduler's claimers hold one long transaction each (their batch's row locks); senders only
     # take a connection for their short transactions, between Gmail calls. A fixed pool (no overflow:
     # under load, overflow connections were opened and closed for every transaction) covers them, the
-    # API, the relay and the consumer; with the relay's LISTEN connection, 11 connections by default.
+    # API, the relay, the consumer and the access log's writer; with the relay's LISTEN connection, 12
+    # connections by default.
     # No pre-ping (a round trip before every transaction, a sixth of a send's statements): after a
     # database restart the first error invalidates the whole pool, and every caller retries.
-    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, CLAIMERS + 7),
+    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, CLAIMERS + 8),
                          application_name=SERVICE, pre_ping=False)
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
-    gmail = Gmail(settings.gmail_api_endpoint, tokens)
+    access_log = AccessLog(engine, SCHEMA, settings.tombstone_key, retention_days=settings.access_log_retention_days)
+    # GMAIL_ACCESS_LOG=off (the benchmark's comparison only) records nothing; the retention sweep still runs.
+    gmail = Gmail(settings.gmail_api_endpoint, tokens, access_log=access_log if settings.gmail_access_log else None)
     scheduler = Scheduler(engine, gmail, settings.tombstone_key, interval_s=settings.scheduler_interval_s,
                           workers=settings.scheduler_workers, daily_cap=settings.daily_cap,
                           max_attempts=settings.max_attempts, claimers=CLAIMERS)
@@ -52,7 +60,14 @@ def main() -> None:
         tls,
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [*messaging, ("scheduler", scheduler.run)])
+
+    def schedule(stop: threading.Event) -> None:
+        scheduler.run(stop)
+        # The calls of the scheduler's last items may come after the writer's own last flush.
+        with contextlib.suppress(Exception):  # logged by the writer
+            access_log.flush()
+
+    run_until_signalled(server, [*messaging, ("scheduler", schedule), ("access-log", access_log.run)])
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coffeeping.common.access_log import AccessLogSettings
 from coffeeping.common.config import host_port, integer, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
 
 
 @dataclass(frozen=True)
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, AccessLogSettings):
     vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # How often the scheduler looks for due steps when it found none the last time.

@@ -2,7 +2,8 @@
 
 Every call runs in one ``user_tx`` (row-level security scopes it to the user); an id that is not the
 user's is not found, like a missing one. Deleting a contact stops its sequences first (their drafts are
-queued for removal from Gmail), then the database cascades to the sequences, steps and jobs.
+queued for removal from Gmail) and forgets the access-log entries about them, then the database cascades
+to the sequences, steps and jobs.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from coffeeping.common.access_log import forget_sequences
 from coffeeping.common.db import user_tx
 from coffeeping_mailer import lifecycle, pages, schedule
 from coffeeping_mailer.errors import Invalid, already_exists, not_found
 from coffeeping_mailer.fields import err, parse_id
 from coffeeping_mailer.mime import check_address, check_name
-from coffeeping_mailer.models import contacts, sequences
+from coffeeping_mailer.models import SCHEMA, contacts, sequences
 
 MAX_NOTES_CHARS = 5_000
 CONTACT_FIELDS = ("email", "name", "first_name", "last_name", "company", "role", "time_zone", "notes")
@@ -155,11 +157,14 @@ def update_contact(engine: Engine, user_id: str, contact_id: str, data: dict[str
         return contact_record(contact_row(conn, cid))
 
 
-def delete_contact(engine: Engine, user_id: str, contact_id: str) -> None:
-    """Stop its sequences, queue their drafts for deletion in Gmail, then delete (the database cascades)."""
+def delete_contact(engine: Engine, user_id: str, contact_id: str, tombstone_key: bytes) -> None:
+    """Stop its sequences, queue their drafts for deletion in Gmail, forget the access-log entries about
+    them, then delete (the database cascades)."""
     cid = parse_id(contact_id, "contact")
     with user_tx(engine, user_id) as conn:
         contact_row(conn, cid)
-        for seq_id in conn.execute(select(sequences.c.id).where(sequences.c.contact_id == cid)).scalars().all():
+        owned = conn.execute(select(sequences.c.id, sequences.c.thread_id).where(sequences.c.contact_id == cid)).all()
+        for seq_id, _ in owned:
             lifecycle.stop_sequence(conn, user_id, seq_id, "contact_deleted", None)
+        forget_sequences(conn, SCHEMA, tombstone_key, user_id, [s for s, _ in owned], [t for _, t in owned if t])
         conn.execute(delete(contacts).where(contacts.c.id == cid))

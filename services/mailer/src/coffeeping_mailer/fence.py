@@ -6,7 +6,8 @@
   the very transaction that commits to the Gmail call, immediately before it. A buried user's API
   calls answer ``account_deleted``.
 - **Purge.** ``purge`` (the consumer's transaction) queues the Gmail draft of every unfinished step
-  for deletion, deletes every row of the user at once, and records a pending purge.
+  for deletion, deletes every row of the user at once (the access log too: the calls that remove the
+  drafts afterwards are not recorded for a buried user), and records a pending purge.
 - **Bounded cleanup.** The scheduler's draft cleaner removes the queued drafts, retrying Gmail's
   429/5xx with backoff until ``give_up_at`` (``MAILER_DRAFT_CLEANUP_S`` after the purge). Then
   ``finish_purges`` reports ``account.purged`` with the number of drafts it could not remove, and the
@@ -37,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
+from coffeeping.common.access_log import purge_user as purge_access_log
 from coffeeping.common.db import system_tx
 from coffeeping.common.messaging import forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury, is_buried, subject
@@ -106,14 +108,14 @@ def _queue_drafts(of_sequence: bool) -> tuple[Any, Any]:
     drafts = (
         select(bindparam("p_user", type_=Text()), steps.c.draft_id, sequences.c.thread_id,
                case((steps.c.draft_id.is_(None), steps.c.rfc_message_id)),
-               bindparam("p_give_up_at", type_=DateTime(timezone=True)))
+               bindparam("p_give_up_at", type_=DateTime(timezone=True)), steps.c.sequence_id, steps.c.position)
         .join_from(steps, sequences, sequences.c.id == steps.c.sequence_id)
         .where(*unsent, steps.c.draft_id.is_not(None) | (
             steps.c.rfc_message_id.is_not(None) & sequences.c.thread_id.is_not(None)
             & steps.c.status.in_(("scheduled", "sending"))))
     )
     queue = insert(draft_deletions).from_select(
-        ["user_id", "draft_id", "thread_id", "rfc_message_id", "give_up_at"], drafts)
+        ["user_id", "draft_id", "thread_id", "rfc_message_id", "give_up_at", "sequence_id", "position"], drafts)
     forget = update(steps).where(*unsent, steps.c.draft_id.is_not(None)).values(draft_id=None)
     return queue, forget
 
@@ -136,6 +138,7 @@ def purge(conn: Connection, key: bytes, user_id: str, deletion_id: str, cleanup_
     )
     _drop_unheld_jobs(conn, user_id)
     conn.execute(delete(contacts).where(contacts.c.user_id == user_id))
+    purge_access_log(conn, SCHEMA, user_id)
     forget_user(conn, SCHEMA, user_id)
     conn.execute(delete(outbox).where(outbox.c.user_id == user_id, outbox.c.routing_key.startswith("sequence.")))
     drafts = conn.execute(select(func.count()).select_from(draft_deletions)

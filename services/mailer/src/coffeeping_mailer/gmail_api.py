@@ -1,7 +1,8 @@
 """The mailer's view of Gmail: the handful of calls it makes, with errors as our own types.
 
 Clients come from ``coffeeping.common.gmail.GmailClients`` (one built client per thread, every call
-run on that user's authorised HTTP object for the scopes it needs, tokens from the vault). Sends are
+run on that user's authorised HTTP object for the scopes it needs, tokens from the vault, each request
+recorded in the access log). Sends are
 executed with ``num_retries=0``: retrying a send is the scheduler's decision, made with the step's
 recorded progress, never the HTTP library's.
 """
@@ -15,6 +16,7 @@ import google.auth.exceptions
 import httplib2
 from googleapiclient.errors import HttpError
 
+from coffeeping.common.access_log import AccessLog
 from coffeeping.common.gmail import (
     SCOPE_COMPOSE,
     GmailClients,
@@ -113,9 +115,10 @@ class ThreadMessage:
 class Gmail:
     """Gmail for the mailer; thread safe (``GmailClients`` keeps the clients per thread)."""
 
-    def __init__(self, endpoint: str, tokens: VaultTokenSource, cache_size: int = 256) -> None:
+    def __init__(self, endpoint: str, tokens: VaultTokenSource, cache_size: int = 256,
+                 access_log: AccessLog | None = None) -> None:
         self.tokens = tokens
-        self.clients = GmailClients(endpoint, tokens, timeout_s=30.0, cache_size=cache_size)
+        self.clients = GmailClients(endpoint, tokens, timeout_s=30.0, cache_size=cache_size, access_log=access_log)
 
     def _client(self, user_id: str, scopes: tuple[str, ...] = ()) -> tuple[Any, Any]:
         """The thread's ``users`` resource and the user's authorised HTTP object to run its requests on."""

@@ -10,6 +10,8 @@
 - ``draft_deletions``: mirrored drafts still to remove from Gmail after a stop or a deletion.
 - ``purges``: account purges whose rows are gone and whose Gmail drafts are still being removed.
 - ``tombstones``, ``outbox``, ``inbox``: the deletion fence and the messaging tables.
+- ``gmail_access``, ``forgotten_sequences``: the access log of every Gmail call made for a user
+  (``coffeeping.common.access_log``).
 
 Deleting a contact cascades to its sequences, steps and jobs.
 
@@ -42,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from coffeeping.common.access_log import access_tables
 from coffeeping.common.tables import shared_tables
 
 SCHEMA = "mailer"
@@ -178,6 +181,9 @@ draft_deletions = Table(
     Column("thread_id", Text),
     Column("rfc_message_id", Text),
     Column("give_up_at", DateTime(timezone=True)),
+    # The sequence and step the draft belonged to (for the access log's entry of its deletion).
+    Column("sequence_id", Uuid),
+    Column("position", Integer),
     Index("draft_deletions_due_idx", "not_before"),
     Index("draft_deletions_user_idx", "user_id"),
 )
@@ -193,3 +199,6 @@ purges = Table(
 )
 
 outbox, inbox, tombstones = shared_tables(metadata)
+# Every Gmail call made for a user (``coffeeping.common.access_log``), and the marks of deleted contacts'
+# sequences.
+gmail_access, forgotten_sequences = access_tables(metadata)

@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from coffeeping.common.access_log import about
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import classify_received
 from coffeeping.common.messaging import publish_in_tx
@@ -172,7 +173,9 @@ _DRAFT_KEPT = (update(steps).where(steps.c.id == _STEP, steps.c.draft_id.is_(Non
                        draft_message_id=_p("p_draft_message", steps.c.draft_message_id))
                .returning(steps.c.id))
 _DRAFT_DROPPED = insert(draft_deletions).values(user_id=_p("p_user", draft_deletions.c.user_id),
-                                                draft_id=_p("p_draft", draft_deletions.c.draft_id))
+                                                draft_id=_p("p_draft", draft_deletions.c.draft_id),
+                                                sequence_id=_p("p_seq", draft_deletions.c.sequence_id),
+                                                position=_p("p_position", draft_deletions.c.position))
 
 # A follow-up: committed to (behind the fence), then recorded.
 _FOLLOW_UP_SENDING = (update(steps).where(steps.c.id == _STEP, one_of(steps.c.status, _PENDING), _MAY_PROCEED)
@@ -202,7 +205,7 @@ _FOLLOW_UP_SENT = {True: _follow_up_sent(bindparam("p_edited", type_=Boolean()))
 # The draft cleaner.
 _QUEUED = draft_deletions.c
 _CLAIM_DRAFTS = (select(_QUEUED.id, _QUEUED.user_id, _QUEUED.draft_id, _QUEUED.thread_id, _QUEUED.rfc_message_id,
-                        _QUEUED.attempts, _QUEUED.give_up_at)
+                        _QUEUED.attempts, _QUEUED.give_up_at, _QUEUED.sequence_id, _QUEUED.position)
                  .where(_QUEUED.not_before <= func.now()).order_by(_QUEUED.not_before).limit(20)
                  .with_for_update(skip_locked=True))
 _DRAFT_QUEUED_ID = _p("p_id", _QUEUED.id)
@@ -320,10 +323,11 @@ class Scheduler:
                 if marked is None:
                     return None
         try:
-            if step.position == 0:
-                self._send_first(user, step)
-            else:
-                self._send_follow_up(user, step, known, marked)
+            with about(step.sequence_id, step.position, step.thread_id):
+                if step.position == 0:
+                    self._send_first(user, step)
+                else:
+                    self._send_follow_up(user, step, known, marked)
             return None
         except Disconnected:
             log.warning("gmail disconnected; pausing the user's sequences", extra={"step_id": str(step.id)})
@@ -479,20 +483,22 @@ class Scheduler:
             ).first()
         if intended is None:
             return None
-        found = self.gmail.find_draft(user, step.thread_id, rfc) if step.rfc_message_id else None
-        if found is not None:
-            log.info("draft of an interrupted attempt found", extra={"step_id": str(step.id)})
-            draft: dict[str, Any] = {"id": found[0], "message": {"id": found[1]}}
-        else:
-            raw = build(Outgoing(step.to_email, step.to_name, user_email, reply_subject(step.subject), step.body,
-                                 rfc, in_reply_to=first, references=first))
-            draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
+        with about(step.sequence_id, step.position, step.thread_id):
+            found = self.gmail.find_draft(user, step.thread_id, rfc) if step.rfc_message_id else None
+            if found is not None:
+                log.info("draft of an interrupted attempt found", extra={"step_id": str(step.id)})
+                draft: dict[str, Any] = {"id": found[0], "message": {"id": found[1]}}
+            else:
+                raw = build(Outgoing(step.to_email, step.to_name, user_email, reply_subject(step.subject), step.body,
+                                     rfc, in_reply_to=first, references=first))
+                draft = self.gmail.create_draft(user, to_raw(raw), step.thread_id)
         with user_tx(self.engine, user) as conn:
             kept = conn.execute(
                 _DRAFT_KEPT, {"p_step": step.id, "p_draft": draft["id"], "p_draft_message": draft["message"]["id"]}
             ).first()
             if kept is None:
-                conn.execute(_DRAFT_DROPPED, {"p_user": user, "p_draft": draft["id"]})
+                conn.execute(_DRAFT_DROPPED, {"p_user": user, "p_draft": draft["id"], "p_seq": step.sequence_id,
+                                              "p_position": step.position})
                 return None
         return draft["id"], draft["message"]["id"]
 
@@ -641,13 +647,14 @@ class Scheduler:
     def _delete_draft(self, row: Any) -> bool | None:
         """True when the draft is gone from Gmail, False when it cannot be removed, None to retry."""
         try:
-            draft_id = row.draft_id
-            if draft_id is None:
-                found = self.gmail.find_draft(row.user_id, row.thread_id, row.rfc_message_id)
-                if found is None:
-                    return True  # the interrupted attempt never created it
-                draft_id = found[0]
-            self.gmail.delete_draft(row.user_id, draft_id)
+            with about(row.sequence_id, row.position, row.thread_id):
+                draft_id = row.draft_id
+                if draft_id is None:
+                    found = self.gmail.find_draft(row.user_id, row.thread_id, row.rfc_message_id)
+                    if found is None:
+                        return True  # the interrupted attempt never created it
+                    draft_id = found[0]
+                self.gmail.delete_draft(row.user_id, draft_id)
         except NotFound:
             return True  # gone already
         except (Disconnected, Rejected):

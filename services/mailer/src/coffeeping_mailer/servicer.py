@@ -1,4 +1,5 @@
-"""The mailer's gRPC API: typed resource RPCs for contacts and sequences, the export and the fence.
+"""The mailer's gRPC API: typed resource RPCs for contacts and sequences, the export, the fence and the
+access log.
 
 Each RPC turns its request into plain values, calls the resource module, and turns the resource dict
 it returns into the response message. A refusal is an :class:`ApiError`, answered with its status code
@@ -20,13 +21,14 @@ from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from coffeeping.common.access_log import BadRequest, Filter, Page, export_json
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
 from coffeeping.mailer.v1 import mailer_pb2 as pb
 from coffeeping.mailer.v1 import mailer_pb2_grpc
-from coffeeping.types.v1 import export_pb2
-from coffeeping_mailer import contacts, export, fence, imports, sequences
-from coffeeping_mailer.errors import ApiError, account_deleted
-from coffeeping_mailer.fields import iso
+from coffeeping.types.v1 import access_pb2, export_pb2
+from coffeeping_mailer import access, contacts, export, fence, imports, sequences
+from coffeeping_mailer.errors import ApiError, Invalid, account_deleted
+from coffeeping_mailer.fields import err, iso
 
 log = logging.getLogger("coffeeping_mailer.api")
 
@@ -39,11 +41,15 @@ _RESOURCE_METHODS = (
 POLICY: dict[str, Allow] = {
     _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
     **{_SERVICE + name: allow(GATEWAY) for name in _RESOURCE_METHODS},
+    # The signed-in user's access log.
+    _SERVICE + "ListAccessEntries": allow(GATEWAY),
+    _SERVICE + "SummarizeAccess": allow(GATEWAY),
     _SERVICE + "ExportData": allow("accounts", user_from=["accounts"]),
     _SERVICE + "FenceUser": allow("accounts", user_from=["accounts"]),
 }
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 Handler = Callable[["MailerServicer", Any, str], Message]
 
 
@@ -60,6 +66,14 @@ def _message(values: dict[str, Any], message: type[M]) -> M:
 
 def _page(items: list[dict[str, Any]], next_cursor: str | None, response: type[M], field: str) -> M:
     return response(**{field: items, "next_page_token": next_cursor or ""})
+
+
+def _checked(parse: Callable[[Any], T], value: Any) -> T:
+    """``parse(value)``, its ``BadRequest`` answered as a field violation."""
+    try:
+        return parse(value)
+    except BadRequest as exc:
+        raise Invalid([err(exc.field, exc.message)]) from None
 
 
 def _export_json(value: Any) -> str:
@@ -116,7 +130,7 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
 
     @resource_rpc
     def DeleteContact(self, request: pb.DeleteContactRequest, user_id: str) -> pb.DeleteContactResponse:
-        contacts.delete_contact(self.engine, user_id, request.contact_id)
+        contacts.delete_contact(self.engine, user_id, request.contact_id, self.tombstone_key)
         return pb.DeleteContactResponse()
 
     @resource_rpc
@@ -161,6 +175,8 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
         for section, record in export.export_records(self.engine, current_user()):
             yield export_pb2.ExportRecord(section=section,
                                           json=json.dumps(record, ensure_ascii=False, default=_export_json))
+        for entry in access.export_entries(self.engine, current_user()):
+            yield export_pb2.ExportRecord(section=access.EXPORT_SECTION, json=export_json(entry))
 
     def FenceUser(self, request: pb.FenceUserRequest, context: grpc.ServicerContext) -> pb.FenceUserResponse:
         try:
@@ -172,3 +188,14 @@ class MailerServicer(mailer_pb2_grpc.MailerServicer):
 
     def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
         return export_pb2.PingResponse()
+
+    # ---------------------------------------------------------------------------------- the access log
+    @resource_rpc
+    def ListAccessEntries(self, request: access_pb2.ListAccessEntriesRequest,
+                          user_id: str) -> access_pb2.ListAccessEntriesResponse:
+        return access.list_entries(self.engine, user_id, _checked(Page.of, request))
+
+    @resource_rpc
+    def SummarizeAccess(self, request: access_pb2.SummarizeAccessRequest,
+                        user_id: str) -> access_pb2.SummarizeAccessResponse:
+        return access.summarize(self.engine, user_id, _checked(Filter.of, request.filter))

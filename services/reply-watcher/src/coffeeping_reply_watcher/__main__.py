@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+from coffeeping.common.access_log import AccessLog
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
 from coffeeping.common.gmail import VaultTokenSource
@@ -22,13 +26,16 @@ def main() -> None:
     settings = load_or_exit(Settings)
     configure_logging(SERVICE, settings.log_level)
     tls = settings.for_service(SERVICE)
-    # Poll workers, the consumer, the relay and gRPC calls each hold a connection at times.
-    engine = make_engine(settings.database_url, pool_size=settings.concurrency + 4, application_name=SERVICE)
+    # Poll workers, the consumer, the relay, the access log's writer and gRPC calls each hold a connection
+    # at times.
+    engine = make_engine(settings.database_url, pool_size=settings.concurrency + 5, application_name=SERVICE)
     tokens = VaultTokenSource(vault_pb2_grpc.TokenVaultStub(channel(settings.vault_addr, tls)))
+    access_log = AccessLog(engine, SCHEMA, settings.tombstone_key, retention_days=settings.access_log_retention_days)
     poller = Poller(engine, tokens, settings.gmail_api_endpoint, interval_s=settings.poll_interval_s,
                     concurrency=settings.concurrency, takeover_grace_s=settings.takeover_grace_s,
                     max_backoff_s=settings.max_backoff_s, push_topic=settings.gmail_push_topic or None,
-                    fallback_interval_s=settings.fallback_interval_s, tombstone_key=settings.tombstone_key)
+                    fallback_interval_s=settings.fallback_interval_s, tombstone_key=settings.tombstone_key,
+                    access_log=access_log if settings.gmail_access_log else None)
     # The relay wakes on each commit's notification (a detection goes out at once); looking for rows on
     # its own every 5 s rather than 5 times a second is most of what an idle watcher saves.
     messaging = messaging_workers(settings, SERVICE, engine, SCHEMA,
@@ -42,7 +49,14 @@ def main() -> None:
         tls,
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [*messaging, ("poller", poller.run)])
+
+    def poll(stop: threading.Event) -> None:
+        poller.run(stop)
+        # The calls of the poller's last mailboxes may come after the writer's own last flush.
+        with contextlib.suppress(Exception):  # logged by the writer
+            access_log.flush()
+
+    run_until_signalled(server, [*messaging, ("poller", poll), ("access-log", access_log.run)])
 
 
 if __name__ == "__main__":

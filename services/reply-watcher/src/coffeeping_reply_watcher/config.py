@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from coffeeping.common.access_log import AccessLogSettings
 from coffeeping.common.config import host_port, integer, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
 
@@ -19,7 +20,7 @@ def push_topic(raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, AccessLogSettings):
     vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # Each user with active watches is polled this often (one history.list when nothing is new).

@@ -35,7 +35,7 @@ def make_handler(tombstone_key: bytes, tokens: VaultTokenSource | None = None,
             case ev.SequenceMessageSent() as sent:
                 services.record_sent(conn, user_id, sent)
             case ev.SequenceStopped() as stopped:
-                services.unwatch_sequence(conn, user_id, stopped)
+                services.unwatch_sequence(conn, user_id, stopped, tombstone_key)
             case ev.GmailDisconnected():
                 if services.pause(conn, user_id) and on_due:
                     on_due()  # the watch's stop is queued

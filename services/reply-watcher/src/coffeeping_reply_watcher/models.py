@@ -21,6 +21,7 @@ from sqlalchemy import (
     text,
 )
 
+from coffeeping.common.access_log import access_tables
 from coffeeping.common.tables import shared_tables
 
 metadata = MetaData(schema="watcher")
@@ -113,3 +114,6 @@ seen_messages = Table(
 DETECTIONS = ("reply", "bounce", "takeover")
 
 outbox, inbox, tombstones = shared_tables(metadata)
+# Every Gmail call made for a user (``coffeeping.common.access_log``), and the marks of deleted contacts'
+# sequences.
+gmail_access, forgotten_sequences = access_tables(metadata)

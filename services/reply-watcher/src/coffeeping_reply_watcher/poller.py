@@ -39,6 +39,7 @@ from google.auth.exceptions import RefreshError, TransportError
 from googleapiclient.errors import HttpError
 from sqlalchemy import Engine
 
+from coffeeping.common.access_log import AccessLog, about
 from coffeeping.common.gmail import (
     SCOPE_METADATA,
     GmailClients,
@@ -117,6 +118,7 @@ class Poller:
         push_topic: str | None = None,
         fallback_interval_s: float = 900.0,
         tombstone_key: bytes = b"",
+        access_log: AccessLog | None = None,
     ) -> None:
         self.engine = engine
         self.tokens = tokens
@@ -127,7 +129,7 @@ class Poller:
         self.max_backoff_s = max_backoff_s
         self.lease_s = max(lease_s, gmail_timeout_s * 4)
         self.gmail_timeout_s = gmail_timeout_s
-        self.gmail = gmail or GmailClients(gmail_endpoint, tokens, timeout_s=gmail_timeout_s)
+        self.gmail = gmail or GmailClients(gmail_endpoint, tokens, timeout_s=gmail_timeout_s, access_log=access_log)
         self.wake = threading.Event()  # set by CheckMailbox to look for due mailboxes at once
         # Gmail push: the topic users.watch names (None: push off, nothing is watched).
         self.push_topic = push_topic or None
@@ -315,8 +317,10 @@ class Poller:
                 log.info("history cursor expired, re-checking threads",
                          extra={"user_id": state.user_id, "threads": len(watched)})
                 recheck = set(watched)
+        sequence_of = {w.thread_id: w.sequence_id for w in state.watches}
         for thread_id in sorted(recheck):
-            self._thread(gmail, thread_id, candidates)
+            with about(sequence_of.get(thread_id), thread_id=thread_id):
+                self._thread(gmail, thread_id, candidates)
 
         decisions = self._decide(state, gmail, candidates, own_email)
         # A SENT message not (yet) claimed by the mailer is decided after the grace period: come back then
@@ -375,6 +379,7 @@ class Poller:
     def _decide(self, state: MailboxState, gmail: UserGmail, candidates: dict[str, _Candidate],
                 own_email: str) -> list[Decision]:
         pending = {p.message_id: p for p in state.pending}
+        sequence_of = {w.thread_id: w.sequence_id for w in state.watches}
         ids = [m for m, c in candidates.items() if "DRAFT" not in c.labels] + list(pending)
         seen, ours = services.known_ids(self.engine, state.user_id, ids)
         decisions: list[Decision] = []
@@ -387,8 +392,9 @@ class Poller:
                 continue
             if not candidate.has_from:
                 try:
-                    message = gmail.execute(gmail.users.messages().get(userId="me", id=message_id, format="metadata",
-                                                                       metadataHeaders=["From"]))
+                    with about(sequence_of.get(candidate.thread_id), thread_id=candidate.thread_id):
+                        message = gmail.execute(gmail.users.messages().get(
+                            userId="me", id=message_id, format="metadata", metadataHeaders=["From"]))
                 except HttpError as exc:
                     if int(getattr(exc.resp, "status", 0) or 0) != 404:
                         raise

@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterator
 import grpc
 from sqlalchemy import Engine
 
+from coffeeping.common import access_log
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
-from coffeeping.types.v1 import export_pb2
+from coffeeping.types.v1 import access_pb2, export_pb2
 from coffeeping.watcher.v1 import watcher_pb2, watcher_pb2_grpc
-from coffeeping_reply_watcher import services
+from coffeeping_reply_watcher import SERVICE, services
+from coffeeping_reply_watcher.services import SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,12 @@ POLICY: dict[str, Allow] = {
     # The accounts service assembles the export and passes the user it exports.
     _SERVICE + "ExportData": allow("accounts", user_from=["accounts"]),
     _SERVICE + "Ping": allow("auth-gateway", "accounts", "mailer", "reply-watcher", "token-vault", needs_user=False),
+    # The signed-in user's access log.
+    _SERVICE + "ListAccessEntries": allow(GATEWAY),
+    _SERVICE + "SummarizeAccess": allow(GATEWAY),
 }
 EXPORT_SECTION = "replies"
+ACCESS_SECTION = "gmail_access_by_reply_watcher"
 
 
 class ReplyWatcherServicer(watcher_pb2_grpc.ReplyWatcherServicer):
@@ -48,6 +54,18 @@ class ReplyWatcherServicer(watcher_pb2_grpc.ReplyWatcherServicer):
                    context: grpc.ServicerContext) -> Iterator[export_pb2.ExportRecord]:
         for record in services.export_replies(self.engine, current_user()):
             yield export_pb2.ExportRecord(section=EXPORT_SECTION, json=services.dumps(record))
+        for entry in access_log.export_entries(self.engine, SCHEMA, SERVICE, current_user()):
+            yield export_pb2.ExportRecord(section=ACCESS_SECTION, json=access_log.export_json(entry))
 
     def Ping(self, request: export_pb2.PingRequest, context: grpc.ServicerContext) -> export_pb2.PingResponse:
         return export_pb2.PingResponse()
+
+    def ListAccessEntries(self, request: access_pb2.ListAccessEntriesRequest,
+                          context: grpc.ServicerContext) -> access_pb2.ListAccessEntriesResponse:
+        with access_log.answered(context):
+            return access_log.list_entries(self.engine, SCHEMA, SERVICE, current_user(), access_log.Page.of(request))
+
+    def SummarizeAccess(self, request: access_pb2.SummarizeAccessRequest,
+                        context: grpc.ServicerContext) -> access_pb2.SummarizeAccessResponse:
+        with access_log.answered(context):
+            return access_log.summarize(self.engine, SCHEMA, current_user(), access_log.Filter.of(request.filter))

@@ -24,6 +24,8 @@ from sqlalchemy import Column, Connection, Engine, Table, and_, case, delete, ex
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.sql import ColumnElement
 
+from coffeeping.common.access_log import forget_sequences
+from coffeeping.common.access_log import purge_user as purge_access_log
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.messaging import encode_payload, forget_user, publish_in_tx
 from coffeeping.common.tombstones import bury, is_buried
@@ -120,10 +122,14 @@ def record_sent(conn: Connection, user_id: str, sent: ev.SequenceMessageSent) ->
     )
 
 
-def unwatch_sequence(conn: Connection, user_id: str, stopped: ev.SequenceStopped) -> None:
-    """``sequence.stopped``: stop watching its thread; forget the mailbox when nothing is left."""
-    conn.execute(delete(watches).where(watches.c.user_id == user_id,
-                                       watches.c.sequence_id == _text(stopped.sequence_id, "sequence_id")))
+def unwatch_sequence(conn: Connection, user_id: str, stopped: ev.SequenceStopped, tombstone_key: bytes) -> None:
+    """``sequence.stopped``: stop watching its thread; forget the mailbox when nothing is left. A contact's
+    deletion (``contact_deleted``) also forgets the access-log entries about the sequence and its thread."""
+    sequence_id = _text(stopped.sequence_id, "sequence_id")
+    threads = conn.execute(delete(watches).where(watches.c.user_id == user_id, watches.c.sequence_id == sequence_id)
+                           .returning(watches.c.thread_id)).scalars().all()
+    if stopped.reason == "contact_deleted":
+        forget_sequences(conn, SCHEMA, tombstone_key, user_id, [sequence_id], threads)
     _drop_mailbox_if_idle(conn, user_id)
 
 
@@ -213,6 +219,7 @@ def purge_user(conn: Connection, user_id: str, requested: ev.AccountDeletionRequ
                        .with_for_update()).first()
     queued = conn.execute(select(watch_stops.c.user_id).where(watch_stops.c.user_id == user_id)).first()
     counts = forget_mailbox(conn, user_id)
+    counts["gmail_access"] = purge_access_log(conn, SCHEMA, user_id)
     # The dedupe records and relayed events of the user go too (the consumer runs in system scope).
     forget_user(conn, SCHEMA, user_id)
     deleted = {f"deleted_{k}": v for k, v in counts.items()}

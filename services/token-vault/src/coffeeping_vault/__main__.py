@@ -38,8 +38,8 @@ def build_vault(settings: Settings) -> Vault:
                          timeout_s=settings.google_timeout_s, attempts=settings.google_attempts)
     cache = TokenCache(engine.url.set(drivername="postgresql").render_as_string(hide_password=False), FRESH_FOR,
                        max_age_s=settings.token_cache_max_age_s, size=settings.token_cache_size)
-    return Vault(engine, keyring, google, cache, AuditWriter(engine, interval_s=settings.audit_flush_s),
-                 tombstone_key=settings.tombstone_key)
+    audit = AuditWriter(engine, interval_s=settings.audit_flush_s, retention_days=settings.access_log_retention_days)
+    return Vault(engine, keyring, google, cache, audit, tombstone_key=settings.tombstone_key)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from coffeeping.common.access_log import AccessLogRetention
 from coffeeping.common.config import ConfigError, host_port, integer, key32, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
 
@@ -18,7 +19,7 @@ def kms_key_name(raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, AccessLogRetention):
     google_client_id: str = setting("GOOGLE_CLIENT_ID")
     google_client_secret: str = setting("GOOGLE_CLIENT_SECRET", secret=True)
     google_token_url: str = setting("GOOGLE_TOKEN_URL", url, default="https://oauth2.googleapis.com/token")

@@ -88,6 +88,9 @@ audit = Table(
     Column("action", Text, nullable=False),
     Column("outcome", Text, nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
+    # token_issued only: the token's scopes (short names) and expiry, as the access log shows them.
+    Column("scopes", ARRAY(Text)),
+    Column("expires_at", DateTime(timezone=True)),
     Index("audit_user_idx", "user_id", "at"),
 )
 

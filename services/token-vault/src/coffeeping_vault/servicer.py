@@ -3,7 +3,8 @@
 Callers are authorised by service identity (the mTLS certificate), each for the methods its code calls
 and nothing more: the gateway stores, describes and revokes a grant and consumes OAuth state nonces;
 the mailer and the reply watcher obtain access tokens, each for its own scope sets only
-(``services.CALLER_SCOPES``); accounts exports. No method returns a refresh token.
+(``services.CALLER_SCOPES``); accounts exports; the gateway lists the token issues of the user's access
+log. No method returns a refresh token.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coffeeping.common.access_log import Filter, Page, answered
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_caller, current_user
-from coffeeping.types.v1 import export_pb2
+from coffeeping.types.v1 import access_pb2, export_pb2
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
+from coffeeping_vault import access
 from coffeeping_vault.services import (
     ACCOUNTS,
     GOOGLE_UNAVAILABLE,
@@ -49,6 +52,9 @@ POLICY: dict[str, Allow] = {
     _SERVICE + "GetGrantInfo": allow(GATEWAY),
     _SERVICE + "RevokeGrant": allow(GATEWAY),
     _SERVICE + "ExportData": allow(ACCOUNTS, user_from=[ACCOUNTS]),
+    # The signed-in user's access log (the token issues of their grant).
+    _SERVICE + "ListAccessEntries": allow(GATEWAY),
+    _SERVICE + "SummarizeAccess": allow(GATEWAY),
     # Liveness only (no user, no data): every service may ask.
     _SERVICE + "Ping": allow(GATEWAY, ACCOUNTS, MAILER, WATCHER, "token-vault", needs_user=False),
 }
@@ -151,3 +157,13 @@ class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
         expires_at = request.expires_at.ToDatetime(tzinfo=dt.UTC)
         return vault_pb2.ConsumeStateNonceResponse(
             fresh=self.vault.consume_state_nonce(current_user(), request.nonce, expires_at))
+
+    def ListAccessEntries(self, request: access_pb2.ListAccessEntriesRequest,
+                          context: grpc.ServicerContext) -> access_pb2.ListAccessEntriesResponse:
+        with answered(context):
+            return access.list_entries(self.vault, current_user(), Page.of(request))
+
+    def SummarizeAccess(self, request: access_pb2.SummarizeAccessRequest,
+                        context: grpc.ServicerContext) -> access_pb2.SummarizeAccessResponse:
+        with answered(context):
+            return access.summarize(self.vault, current_user(), Filter.of(request.filter))

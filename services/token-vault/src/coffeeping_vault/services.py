@@ -27,7 +27,7 @@ from coffeeping.common.notified_cache import notify
 from coffeeping.common.tombstones import bury, is_buried, subject
 from coffeeping.events.v1 import events_pb2 as ev
 from coffeeping_vault import crypto
-from coffeeping_vault.audit import AuditWriter, user_lock_key
+from coffeeping_vault.audit import AuditWriter, short_scopes, user_lock_key
 from coffeeping_vault.google_oauth import GoogleOAuth, GoogleUnavailable, InvalidGrant, OAuthRefused, TokenResponse
 from coffeeping_vault.kms import KeyIntegrityError, Keyring, KeyUnavailable
 from coffeeping_vault.models import audit, data_keys, grants, revocations, scoped_tokens, state_nonces, tombstones
@@ -224,9 +224,12 @@ def _lock_user(conn: Connection, user_id: str) -> None:
     conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(user_lock_key(user_id)))))
 
 
-def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: str, detail: str = "") -> None:
+def _audit(conn: Connection, user_id: str, caller: str, action: str, outcome: str, detail: str = "",
+           issued: IssuedToken | None = None) -> None:
+    """One audit record in the caller's transaction; ``issued``: the token handed out (its scopes and expiry)."""
+    extra = {"scopes": short_scopes(issued.scopes), "expires_at": issued.expires_at} if issued is not None else {}
     conn.execute(insert(audit).values(user_id=user_id, caller=caller or "unknown", action=action, outcome=outcome,
-                                      detail=detail[:200]))
+                                      detail=detail[:200], **extra))
 
 
 class Vault:
@@ -457,14 +460,14 @@ class Vault:
         generation = self.cache.generation()
         hit = self.cache.get(user_id, cache_key)
         if hit is not None:
-            self.audit.issued(user_id, caller, _scope_detail(wanted))
+            self.audit.issued(user_id, caller, _scope_detail(wanted), hit.scopes, hit.expires_at)
             return IssuedToken(hit.access_token, hit.expires_at, hit.email, hit.scopes)
         issued = self._issue_if_fresh(user_id, caller, wanted)
         if issued is None:
             with self._locks[hash(user_id) % _LOCK_STRIPES]:
                 issued = self._refresh(user_id, caller, wanted)
         else:
-            self.audit.issued(user_id, caller, _scope_detail(wanted))
+            self.audit.issued(user_id, caller, _scope_detail(wanted), issued.scopes, issued.expires_at)
         self.cache.put_token(user_id, cache_key, CachedToken(issued.access_token, issued.expires_at, issued.email,
                                                        issued.scopes), generation)
         return issued
@@ -521,14 +524,16 @@ class Vault:
                 held = conn.execute(select(scoped_tokens).where(
                     scoped_tokens.c.user_id == user_id, scoped_tokens.c.scope_key == scope_key)).first()
                 if held is not None and held.access_expires_at - FRESH_FOR > _now():
-                    _audit(conn, user_id, caller, "token_issued", "ok", detail)
-                    return IssuedToken(self._open(key, row, "access", scope_key, sealed=held.access_ct),
-                                       held.access_expires_at, row.email, wanted)
+                    issued = IssuedToken(self._open(key, row, "access", scope_key, sealed=held.access_ct),
+                                         held.access_expires_at, row.email, wanted)
+                    _audit(conn, user_id, caller, "token_issued", "ok", detail, issued)
+                    return issued
             elif row.access_ct is not None and row.access_expires_at - FRESH_FOR > _now():
                 # Someone refreshed while we waited for the lock.
-                _audit(conn, user_id, caller, "token_issued", "ok")
-                return IssuedToken(self._open(key, row, "access"), row.access_expires_at, row.email,
-                                   tuple(row.scopes))
+                issued = IssuedToken(self._open(key, row, "access"), row.access_expires_at, row.email,
+                                     tuple(row.scopes))
+                _audit(conn, user_id, caller, "token_issued", "ok", issued=issued)
+                return issued
             if row.refresh_ct is None:
                 failure = self._mark_needs_reconnect(conn, user_id, caller, "no refresh token")
             else:
@@ -569,10 +574,11 @@ class Vault:
                         conn.execute(update(grants).where(grants.c.user_id == user_id).values(**values))
                     _audit(conn, user_id, caller, "token_refreshed", "ok",
                            ", ".join(x for x in (detail, "new refresh token" if tokens.refresh_token else "") if x))
-                    _audit(conn, user_id, caller, "token_issued", "ok", detail)
+                    issued = IssuedToken(tokens.access_token, expires_at, row.email,
+                                         wanted if scope_key else tuple(row.scopes))
+                    _audit(conn, user_id, caller, "token_issued", "ok", detail, issued)
                     log.info("access token refreshed", extra={"scoped": bool(scope_key)})
-                    return IssuedToken(tokens.access_token, expires_at, row.email,
-                                       wanted if scope_key else tuple(row.scopes))
+                    return issued
         # Reached only with a failure whose record has been committed.
         assert failure is not None
         if isinstance(failure, NeedsReconnect):
@@ -741,11 +747,15 @@ class Vault:
                     "refreshed_at": _iso(row.refreshed_at),
                 }
             result = conn.execution_options(yield_per=500).execute(
-                select(audit.c.at, audit.c.caller, audit.c.action, audit.c.outcome, audit.c.detail)
+                select(audit.c.at, audit.c.caller, audit.c.action, audit.c.outcome, audit.c.detail, audit.c.scopes,
+                       audit.c.expires_at)
                 .where(audit.c.user_id == user_id).order_by(audit.c.at, audit.c.id))
             for entry in result:
-                yield "vault_audit", {"at": _iso(entry.at), "caller": entry.caller, "action": entry.action,
-                                      "outcome": entry.outcome, "detail": entry.detail}
+                record = {"at": _iso(entry.at), "caller": entry.caller, "action": entry.action,
+                          "outcome": entry.outcome, "detail": entry.detail}
+                if entry.scopes is not None:  # a token issued: its scopes and expiry
+                    record.update(scopes=list(entry.scopes), expires_at=_iso(entry.expires_at))
+                yield "vault_audit", record
 
     # -- re-wrap --------------------------------------------------------------------------------------
     def rewrap(self, batch: int = 200) -> dict[str, int]:

@@ -90,7 +90,45 @@ TOMBSTONES_V1: tuple[str, ...] = (
 )
 TOMBSTONES_DROP_V1: tuple[str, ...] = ("DROP TABLE {schema}.tombstones",)
 
+# The Gmail access log of ``{schema}`` (frozen 2026-11-30): one row per Gmail API call made on a user's
+# behalf (ids, method, format, header names, outcome; never content, a subject, an address or a header
+# value), with forced row-level security open to the system scope (the batched writer inserts for many
+# users, the retention sweep deletes across users). ``forgotten_sequences`` holds HMAC-SHA256 marks of
+# deleted contacts' sequences, so that a call recorded after the deletion keeps none of its ids; it
+# names nobody, so it has no row-level security.
+GMAIL_ACCESS_V1: tuple[str, ...] = (
+    """CREATE TABLE {schema}.gmail_access (
+            id bigserial PRIMARY KEY,
+            user_id text NOT NULL,
+            at timestamptz NOT NULL,
+            kind text NOT NULL,
+            method text NOT NULL,
+            scopes text[] NOT NULL,
+            http_status smallint NULL,
+            quota_units smallint NOT NULL,
+            thread_id text NULL,
+            message_id text NULL,
+            draft_id text NULL,
+            format text NULL,
+            metadata_headers text[] NOT NULL DEFAULT '{{}}',
+            sequence_id text NULL,
+            step smallint NULL,
+            contact_deleted boolean NOT NULL DEFAULT false
+        )""",
+    "CREATE INDEX gmail_access_user_idx ON {schema}.gmail_access (user_id, at, id)",
+    "CREATE INDEX gmail_access_at_idx ON {schema}.gmail_access USING brin (at)",
+    *_for_table(RLS_OWNER_OR_SYSTEM_V1, "gmail_access"),
+    "CREATE TABLE {schema}.forgotten_sequences (subject bytea PRIMARY KEY, "
+    "forgotten_at timestamptz NOT NULL DEFAULT now())",
+)
+GMAIL_ACCESS_DROP_V1: tuple[str, ...] = (
+    "DROP TABLE {schema}.forgotten_sequences",
+    "DROP TABLE {schema}.gmail_access",
+)
+
 __all__ = [
+    "GMAIL_ACCESS_DROP_V1",
+    "GMAIL_ACCESS_V1",
     "OUTBOX_INBOX_DROP_V1",
     "OUTBOX_INBOX_V1",
     "RLS_OWNER_OR_SYSTEM_V1",

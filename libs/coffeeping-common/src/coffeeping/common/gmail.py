@@ -30,6 +30,7 @@ import httplib2
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build_from_document
 
+from coffeeping.common.access_log import AccessLog, short_scope
 from coffeeping.common.rpc import call_metadata
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -203,14 +204,18 @@ class GmailClients:
     Getting a wrapper that is not cached asks the vault for a token: ``NeedsReconnect``,
     ``VaultUnavailable`` or ``ScopesRefused`` may be raised by ``http``/``for_user``, and by a request's
     execution when its token is refreshed.
+
+    With ``access_log``, each wrapper sends through a ``RecordingHttp`` of the user: every request that
+    goes on the wire is recorded in the service's access log (``coffeeping.common.access_log``).
     """
 
     def __init__(self, endpoint: str, tokens: VaultTokenSource, timeout_s: float = 30.0,
-                 cache_size: int = 256) -> None:
+                 cache_size: int = 256, access_log: AccessLog | None = None) -> None:
         self.endpoint = endpoint
         self.tokens = tokens
         self.timeout_s = timeout_s
         self.cache_size = cache_size
+        self.access_log = access_log
         self._local = threading.local()
         # Every live thread's wrappers, so that ``forget`` reaches them all (a thread's go with it).
         self._lock = threading.Lock()
@@ -262,7 +267,10 @@ class GmailClients:
 
         credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
                                   refresh_handler=refresh)
-        http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport())
+        transport: Any = self._transport()
+        if self.access_log is not None:
+            transport = self.access_log.http(transport, user_id, (short_scope(s) for s in token.scopes))
+        http = google_auth_httplib2.AuthorizedHttp(credentials, http=transport)
         with self._lock:
             if forgets == self._forgets:
                 cache[key] = http

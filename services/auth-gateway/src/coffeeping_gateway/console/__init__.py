@@ -8,7 +8,16 @@ docs/CONSOLE.md.
 
 from __future__ import annotations
 
-from coffeeping_gateway.console import contacts, deletion, home, present, sequences, settings, signin  # noqa: F401
+from coffeeping_gateway.console import (  # noqa: F401
+    contacts,
+    deletion,
+    home,
+    present,
+    privacy,
+    sequences,
+    settings,
+    signin,
+)
 from coffeeping_gateway.console.deletion import receipt_user
 from coffeeping_gateway.console.frontend import error_page, error_pages, install, navigation, to_sign_in
 

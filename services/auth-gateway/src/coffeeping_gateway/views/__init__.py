@@ -10,9 +10,9 @@ from flask import Blueprint
 
 from coffeeping_gateway.api import components
 from coffeeping_gateway.schemas import MODELS
-from coffeeping_gateway.views import account, gmail, me, outreach, push, system
+from coffeeping_gateway.views import account, gmail, me, outreach, privacy, push, system
 
-MODULES = (system, me, gmail, outreach, account, push)
+MODULES = (system, me, gmail, outreach, account, push, privacy)
 
 
 def blueprints() -> list[Blueprint]:
