@@ -215,7 +215,7 @@ def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Itera
     config.extra_env.update({"MAILER_SCHEDULER_INTERVAL_S": "0.5", "REPLY_WATCHER_POLL_INTERVAL_S": "1",
                              "REPLY_WATCHER_TAKEOVER_GRACE_S": "3", "LOG_LEVEL": "INFO",
                              "MAILER_DRAFT_CLEANUP_S": "5", "TOKEN_VAULT_REVOKE_RETRY_CAP_S": "2",
-                             "DEAD_LETTER_SWEEP_S": "1"})
+                             "DEAD_LETTER_SWEEP_S": "1", "HEALTH_CHECK_S": "0.5"})
     running = Stack(config)
     try:
         bootstrap_broker(config.rabbitmq_management_url, config.rabbitmq_vhost, prefix, config.broker_passwords())

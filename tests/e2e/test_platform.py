@@ -37,10 +37,10 @@ def test_session_cookie_is_accepted_like_a_bearer_token(stack):
     assert reply.status_code == 200
 
 
-def test_healthz_is_200_when_every_service_answers(stack):
+def test_healthz_says_only_ok(stack):
     reply = requests.get(f"{stack.url}/healthz", timeout=10)
     assert reply.status_code == 200, reply.text
-    assert set(reply.json()["dependencies"].values()) == {"ok"}
+    assert reply.json() == {"status": "ok"}  # public: nothing about what is behind it
 
 
 def test_every_response_carries_hsts_and_security_headers(stack):

@@ -91,9 +91,11 @@ def test_grpc_services_are_probed_over_mtls_with_the_health_probe_on_their_own_p
     deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
     for name, port in GRPC_SERVICES.items():
         spec = container(deployments[name])
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            command = spec[probe]["exec"]["command"]
-            assert command == ["python", "/app/grpc_health_probe.py", "--addr", f"127.0.0.1:{port}"], (name, probe)
+        probe_command = ["python", "/app/grpc_health_probe.py", "--addr", f"127.0.0.1:{port}"]
+        for probe in ("startupProbe", "readinessProbe"):  # readiness: its own database and broker
+            assert spec[probe]["exec"]["command"] == probe_command, (name, probe)
+        # Liveness: the process and its worker threads only (a database outage must not restart pods).
+        assert spec["livenessProbe"]["exec"]["command"] == [*probe_command, "--service", "liveness"], name
         env = {item["name"]: item for item in spec["env"]}
         assert env["GRPC_PORT"]["value"] == str(port)
         assert services[name]["spec"]["ports"][0]["port"] == port

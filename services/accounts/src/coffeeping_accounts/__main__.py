@@ -48,7 +48,8 @@ def run_service() -> None:
         settings.for_service(SERVICE),
         grace=settings.shutdown_grace_s,
     )
-    run_until_signalled(server, [*messaging, ("deletion-deadlines", watch_deadlines), ("known-users", known.run)])
+    run_until_signalled(server, [*messaging, ("deletion-deadlines", watch_deadlines), ("known-users", known.run)],
+                        unready=messaging.unready, check_every_s=settings.health_check_s)
 
 
 def retry_deletion(deletion_id: str) -> int:

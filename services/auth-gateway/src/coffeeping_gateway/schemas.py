@@ -156,9 +156,7 @@ class PushEnvelope(Input):
 
 
 class Health(Output):
-    status: Literal["ok", "unavailable"]
-    dependencies: dict[str, Literal["ok", "down"]] = Field(
-        description="each service the API needs: accounts, vault, mailer, watcher")
+    status: Literal["ok"]
 
 
 class PageQuery(Query):

@@ -56,7 +56,8 @@ def main() -> None:
         with contextlib.suppress(Exception):  # logged by the writer
             access_log.flush()
 
-    run_until_signalled(server, [*messaging, ("poller", poll), ("access-log", access_log.run)])
+    run_until_signalled(server, [*messaging, ("poller", poll), ("access-log", access_log.run)],
+                        unready=messaging.unready, check_every_s=settings.health_check_s)
 
 
 if __name__ == "__main__":

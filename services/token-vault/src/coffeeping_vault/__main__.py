@@ -63,7 +63,8 @@ def main() -> None:
     revocations = RevocationWorker(vault, retry_cap_s=settings.revoke_retry_cap_s)
     # The audit writer's last flush runs after the server has drained (workers stop after it).
     run_until_signalled(server, workers=[*messaging, ("revocations", revocations.run), ("token-cache", vault.cache.run),
-                                         ("audit-writer", vault.audit.run)])
+                                         ("audit-writer", vault.audit.run)],
+                        unready=messaging.unready, check_every_s=settings.health_check_s)
 
 
 if __name__ == "__main__":

@@ -194,12 +194,24 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], guard: Callable[[grpc.Servic
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
 
 
+# The health service name a liveness probe asks for; "" (and each service's own name) is readiness.
+LIVENESS = "liveness"
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     port: int
     grace: float
+    names: tuple[str, ...] = ()  # the services it serves: their health follows readiness
+
+    def report(self, live: bool, ready: bool) -> None:
+        """Liveness (the process and its worker threads) and readiness (its own database and broker)."""
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(LIVENESS, serving if live else not_serving)
+        for name in ("", *self.names):
+            self.health.set(name, serving if ready else not_serving)
 
     def stop(self) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let running ones finish within ``grace``."""
@@ -238,12 +250,13 @@ def serve(
         names.append(full_name)
         health_servicer.set(full_name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     bound = server.add_secure_port(f"{host}:{port}", credentials)
     server.start()
     log.info("grpc server started", extra={"port": bound})
-    return RunningServer(server, health_servicer, bound, grace)
+    return RunningServer(server, health_servicer, bound, grace, tuple(names[2:]))
 
 
 def shutdown_event() -> threading.Event:

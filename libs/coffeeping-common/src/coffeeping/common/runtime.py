@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, literal, select
 
 from coffeeping.common.config import amqp_url, db_url, integer, number, setting
 from coffeeping.common.messaging import Consumer, OutboxRelay, consumed_by, dead_letter_janitor
@@ -32,10 +32,39 @@ class ServiceSettings(TlsSettings, TombstoneSettings):
     shutdown_grace_s: int = setting("SHUTDOWN_GRACE_S", integer(0, 300), default=10)
     # How often each service drops deleted accounts' messages from its dead-letter queue.
     dead_letter_sweep_s: float = setting("DEAD_LETTER_SWEEP_S", number(0.5), default=60.0)
+    # How often readiness (the database answers, the broker connection is held) and liveness (every
+    # worker thread runs) are checked and reported through gRPC health.
+    health_check_s: float = setting("HEALTH_CHECK_S", number(0.1), default=5.0)
+
+
+@dataclass
+class Messaging:
+    """The messaging workers of a backend (iterate for ``(name, worker)``), and its readiness."""
+
+    workers: list[tuple[str, Worker]]
+    consumer: Consumer
+    engine: Engine
+
+    def __iter__(self) -> Iterator[tuple[str, Worker]]:
+        return iter(self.workers)
+
+    def unready(self) -> str | None:
+        """Why the service cannot do its work now (its database or its broker connection), or None."""
+        if not self.consumer.connected.is_set():
+            return "broker"
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(_PING)
+        except Exception:  # noqa: BLE001 - any failure to reach it means "not ready"
+            return "database"
+        return None
+
+
+_PING = select(literal(1))
 
 
 def messaging_workers(settings: ServiceSettings, service: str, engine: Engine, schema: str,
-                      handler: Handler, relay_poll_s: float = 0.2) -> list[tuple[str, Worker]]:
+                      handler: Handler, relay_poll_s: float = 0.2) -> Messaging:
     """The messaging workers every backend runs: its outbox relay, its consumer of the events the
     registry says it consumes (acting only on their registered producers' messages, dropping buried
     users' events) and the janitor that keeps its dead-letter queue free of buried users.
@@ -50,11 +79,15 @@ def messaging_workers(settings: ServiceSettings, service: str, engine: Engine, s
     def relay_worker(stop: threading.Event) -> None:
         relay.run_forever(stop, interval=relay_poll_s)
 
-    return [("outbox-relay", relay_worker), ("consumer", consumer.run), ("dead-letter-janitor", janitor)]
+    return Messaging([("outbox-relay", relay_worker), ("consumer", consumer.run), ("dead-letter-janitor", janitor)],
+                     consumer, engine)
 
 
-def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Worker]] = ()) -> None:
-    """Run ``workers`` in threads next to ``server`` until SIGTERM/SIGINT, then drain both."""
+def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Worker]] = (),
+                        unready: Callable[[], str | None] | None = None, check_every_s: float = 5.0) -> None:
+    """Run ``workers`` in threads next to ``server`` until SIGTERM/SIGINT, then drain both. Meanwhile
+    report health every ``check_every_s``: live while every worker runs, ready while also ``unready``
+    finds nothing wrong."""
     done = shutdown_event()
     stop_workers = threading.Event()
     threads = []
@@ -62,12 +95,33 @@ def run_until_signalled(server: RunningServer, workers: Iterable[tuple[str, Work
         thread = threading.Thread(target=_guarded(name, worker), args=(stop_workers,), name=name, daemon=True)
         thread.start()
         threads.append(thread)
+    watch = threading.Thread(target=watch_health, args=(server, threads, unready, done, check_every_s),
+                             name="health", daemon=True)
+    watch.start()
     done.wait()
     server.stop()
     stop_workers.set()
     for thread in threads:
         thread.join(timeout=server.grace)
     log.info("stopped")
+
+
+def watch_health(server: RunningServer, threads: list[threading.Thread], unready: Callable[[], str | None] | None,
+                 stop: threading.Event, every_s: float) -> None:
+    """Report liveness and readiness through ``server``'s health service until ``stop``; log each change."""
+    before: tuple[bool, str | None] | None = None
+    while True:
+        dead = sorted(thread.name for thread in threads if not thread.is_alive())
+        problem = unready() if unready is not None else None
+        now = (not dead, problem)
+        server.report(live=not dead, ready=not dead and problem is None)
+        if now != before:
+            level = logging.INFO if now == (True, None) else logging.WARNING
+            log.log(level, "health", extra={"live": not dead, "ready": not dead and problem is None,
+                                            "dead_workers": ",".join(dead), "unready": problem or ""})
+            before = now
+        if stop.wait(every_s):
+            return
 
 
 def _guarded(name: str, worker: Worker) -> Worker:
