@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,7 +98,6 @@ class AuditWriter:
         self.engine = engine
         self.retention_days = retention_days
         self._batches: BatchWriter[IssueRecord] = BatchWriter(self._write, "vault-audit", interval_s, max_pending)
-        self._expired_at: float | None = None  # when the last retention sweep ran (monotonic)
 
     @property
     def dropped(self) -> int:
@@ -146,12 +144,7 @@ class AuditWriter:
             if gone < _EXPIRE_BATCH:
                 return removed
 
-    def _housekeeping(self) -> None:
-        if self._expired_at is None or time.monotonic() - self._expired_at >= _EXPIRE_EVERY_S:
-            self._expired_at = time.monotonic()
-            self.expire()
-
     def run(self, stop: threading.Event) -> None:
         """Flush every ``interval_s`` until ``stop``, then once more (the server has drained by then);
         hourly, delete what is past the retention period."""
-        self._batches.run(stop, every=self._housekeeping)
+        self._batches.run(stop, housekeeping=self.expire, housekeeping_every_s=_EXPIRE_EVERY_S)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -72,22 +73,26 @@ class BatchWriter(Generic[T]):
                 raise
             return len(batch)
 
-    def run(self, stop: threading.Event, every: Callable[[], None] | None = None) -> None:
+    def run(self, stop: threading.Event, housekeeping: Callable[[], object] | None = None,
+            housekeeping_every_s: float = 3600.0) -> None:
         """Flush every ``interval_s`` until ``stop``, then once more (the server has drained by then).
 
-        ``every`` runs after each flush attempt (housekeeping such as a retention sweep, which decides
-        for itself how often to act); its failures are logged and never stop the writer.
+        ``housekeeping`` (a retention sweep, say) runs after the first flush and then every
+        ``housekeeping_every_s``; its failures are logged and never stop the writer.
         """
         self.running = True
+        swept_at: float | None = None
         try:
             while not stop.wait(self.interval_s):
                 try:
                     self.flush()
                 except Exception:  # noqa: BLE001 - logged in flush; the records stay queued
                     stop.wait(1.0)
-                if every is not None:
+                if housekeeping is not None and (swept_at is None
+                                                 or time.monotonic() - swept_at >= housekeeping_every_s):
+                    swept_at = time.monotonic()
                     try:
-                        every()
+                        housekeeping()
                     except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the writer
                         log.warning("writer housekeeping failed", extra={"writer": self.name,
                                                                          "error": type(exc).__name__})

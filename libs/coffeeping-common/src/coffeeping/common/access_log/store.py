@@ -20,7 +20,6 @@ import datetime as dt
 import hashlib
 import hmac
 import threading
-import time
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -131,7 +130,6 @@ class AccessLog:
         self.retention_days = retention_days
         self._batches: BatchWriter[Sent] = BatchWriter(self._write, f"{schema}-gmail-access", interval_s,
                                                        max_pending)
-        self._expired_at: float | None = None
         self.unwritable = 0  # records of an invalid user id, never written
 
     # -- recording ------------------------------------------------------------------------------------
@@ -196,14 +194,9 @@ class AccessLog:
             conn.execute(delete(marks).where(marks.c.forgotten_at < func.now() - MARK_LIFETIME))
         return removed
 
-    def _housekeeping(self) -> None:
-        if self._expired_at is None or time.monotonic() - self._expired_at >= _EXPIRE_EVERY_S:
-            self._expired_at = time.monotonic()
-            self.expire()
-
     def run(self, stop: threading.Event) -> None:
         """The writer: flush every ``interval_s`` until ``stop`` and once more; hourly, the retention sweep."""
-        self._batches.run(stop, every=self._housekeeping)
+        self._batches.run(stop, housekeeping=self.expire, housekeeping_every_s=_EXPIRE_EVERY_S)
 
 
 # -- deletion -------------------------------------------------------------------------------------------
