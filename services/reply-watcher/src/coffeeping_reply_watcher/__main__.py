@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 from coffeeping.common.access_log import AccessLog
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.db import make_engine
@@ -50,14 +47,8 @@ def main() -> None:
         grace=settings.shutdown_grace_s,
     )
 
-    def poll(stop: threading.Event) -> None:
-        poller.run(stop)
-        # The calls of the poller's last mailboxes may come after the writer's own last flush.
-        with contextlib.suppress(Exception):  # logged by the writer
-            access_log.flush()
-
-    run_until_signalled(server, [*messaging, ("poller", poll), ("access-log", access_log.run)],
-                        unready=messaging.unready, check_every_s=settings.health_check_s)
+    workers = [*messaging, ("poller", access_log.flushed_after(poller.run)), ("access-log", access_log.run)]
+    run_until_signalled(server, workers, unready=messaging.unready, check_every_s=settings.health_check_s)
 
 
 if __name__ == "__main__":

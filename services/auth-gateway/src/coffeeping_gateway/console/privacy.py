@@ -27,8 +27,8 @@ KINDS = {
 @page
 def privacy_page() -> Response:
     # A filter left at "every ..." comes as an empty value: the API's query has no such parameter then.
-    query = parse_query(AccessLogQuery, {name: value for name, value in request.args.items() if value})
-    query = query.model_copy(update={"limit": PAGE_SIZE})
+    given = {name: value for name, value in request.args.items() if value}
+    query = parse_query(AccessLogQuery, {**given, "limit": str(PAGE_SIZE)})
     return render("privacy.html", summary=privacy.privacy_summary(), log=privacy.access_log_page(query),
                   service=query.service or "", kind=query.kind or "", cursor=query.cursor,
                   services=SERVICES, kinds=KINDS, retention_days=settings().access_log_retention_days)

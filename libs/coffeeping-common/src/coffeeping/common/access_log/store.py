@@ -16,11 +16,12 @@ no flush after it brings them back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -197,6 +198,17 @@ class AccessLog:
     def run(self, stop: threading.Event) -> None:
         """The writer: flush every ``interval_s`` until ``stop`` and once more; hourly, the retention sweep."""
         self._batches.run(stop, housekeeping=self.expire, housekeeping_every_s=_EXPIRE_EVERY_S)
+
+    def flushed_after(self, worker: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
+        """``worker`` (one that calls Gmail), then a flush: its last calls may come after the writer's own
+        last flush at shutdown."""
+
+        def run(stop: threading.Event) -> None:
+            worker(stop)
+            with contextlib.suppress(Exception):  # logged by the writer
+                self.flush()
+
+        return run
 
 
 # -- deletion -------------------------------------------------------------------------------------------
