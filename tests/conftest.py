@@ -28,6 +28,8 @@ from bootstrap_broker import bootstrap_broker, delete_broker  # noqa: E402
 from bootstrap_db import DEFAULT_ADMIN_URL, SCHEMAS, bootstrap, role_url  # noqa: E402
 from stack import Stack, StackConfig  # noqa: E402
 
+from tests.otlp_receiver import OtlpReceiver  # noqa: E402
+
 
 def _answers(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
@@ -195,8 +197,17 @@ class RunningStack:
 
 
 @pytest.fixture(scope="session")
-def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Iterator[RunningStack]:
-    """The five services and the sandbox, as a user runs them, on free ports.
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where the shared stack's services export their traces (OTLP over HTTP), kept in memory."""
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path, otlp: OtlpReceiver) -> Iterator[RunningStack]:
+    """The five services and the sandbox, as a user runs them, on free ports, with tracing on (exported
+    to ``otlp``).
 
     The stack has a database and a messaging prefix of its own: tests that run services or relays in
     process (with ``database`` and ``messaging_prefix``) never race the stack's workers for rows or
@@ -215,7 +226,8 @@ def stack(pg_admin_url: str, amqp_url: str, var_dir: Path, certs: Path) -> Itera
     config.extra_env.update({"MAILER_SCHEDULER_INTERVAL_S": "0.5", "REPLY_WATCHER_POLL_INTERVAL_S": "1",
                              "REPLY_WATCHER_TAKEOVER_GRACE_S": "3", "LOG_LEVEL": "INFO",
                              "MAILER_DRAFT_CLEANUP_S": "5", "TOKEN_VAULT_REVOKE_RETRY_CAP_S": "2",
-                             "DEAD_LETTER_SWEEP_S": "1", "HEALTH_CHECK_S": "0.5"})
+                             "DEAD_LETTER_SWEEP_S": "1", "HEALTH_CHECK_S": "0.5",
+                             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"})
     running = Stack(config)
     try:
         bootstrap_broker(config.rabbitmq_management_url, config.rabbitmq_vhost, prefix, config.broker_passwords())

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from coffeeping.common.logging import accepted_request_id, request_id_var
+from coffeeping.common.tracing import trace_flask
 from coffeeping_gateway import console, views
 from coffeeping_gateway.auth import ClerkVerifier, InvalidToken, JwksCache
 from coffeeping_gateway.clients import Clients
@@ -66,6 +67,7 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
     for blueprint in views.blueprints():
         app.register_blueprint(blueprint)
     _serve(app, settings)
+    trace_flask(app)
     if settings.console_url:
         if not settings.clerk_publishable_key:
             log.warning("CONSOLE_URL without CLERK_PUBLISHABLE_KEY: the console refreshes sessions at "
@@ -77,6 +79,7 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         pages.extensions = app.extensions
         console.install(pages, settings)
         _serve(pages, settings)
+        trace_flask(pages)
         app.wsgi_app = _Dispatch(app, pages)  # type: ignore[method-assign]
     return app
 

@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, String, bindparam, create_engine, func, select
+import sqlalchemy
+from sqlalchemy import Connection, Engine, String, bindparam, func, select
 
 USER_SETTING = "app.user_id"
 SCOPE_SETTING = "app.scope"
@@ -45,8 +46,11 @@ def make_engine(url: str, pool_size: int = 8, application_name: str = "coffeepin
     Overflow connections would be opened and closed per checkout under load, and a new PostgreSQL
     connection costs more than waiting a moment for a pooled one. ``hide_parameters``: a database
     error's text never carries the statement's values (addresses, bodies), whoever logs it.
+
+    ``sqlalchemy.create_engine`` is looked up here, at the call: with tracing on it is the traced one
+    (``tracing.setup_tracing``).
     """
-    return create_engine(
+    return sqlalchemy.create_engine(
         url,
         hide_parameters=True,
         pool_size=pool_size,

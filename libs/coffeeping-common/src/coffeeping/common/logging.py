@@ -4,6 +4,9 @@ The request id lives in a context variable. The gateway sets it per HTTP request
 interceptor per call (from ``x-request-id`` metadata), and the messaging consumer per event (from the
 envelope), so a request can be followed across HTTP, gRPC and AMQP.
 
+With tracing on (``tracing``), each line also carries the current span's ``trace_id`` and
+``span_id``, so a line leads to its trace and a trace to its lines.
+
 Log calls must never carry a token, key, ``Authorization`` header, subject or body. As a second line of
 defence the formatter masks anything that looks like a bearer token, JWT or Google token.
 """
@@ -21,6 +24,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .tracing import current_trace_ids, setup_tracing, tracing_enabled
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -93,6 +98,8 @@ class JsonFormatter(logging.Formatter):
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        if tracing_enabled() and (ids := current_trace_ids()):
+            entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
@@ -107,6 +114,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
+    """Log lines as JSON on stdout and, when the environment asks for them, traces (``setup_tracing``):
+    set up together, first thing in each process, so that every line can carry its trace id."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -115,5 +124,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # Library warnings become log records too, so every line a service writes is one JSON object.
     logging.captureWarnings(True)
     # Client libraries log request URLs and bodies at DEBUG; keep them quiet.
-    for noisy in ("googleapiclient", "google", "urllib3", "kombu", "amqp", "grpc", "werkzeug"):
+    for noisy in ("googleapiclient", "google", "urllib3", "kombu", "amqp", "grpc", "werkzeug", "opentelemetry"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    setup_tracing(service)

@@ -53,8 +53,10 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from ..db import InvalidUserId, user_tx, validate_user_id
 from ..logging import request_context
+from ..metrics import events as metrics
 from ..tables import schema_tables
 from ..tombstones import is_buried
+from ..tracing import consumer_span
 from ._names import check_binding_key, check_event_type, check_name, check_schema, service_queue
 from .payloads import InvalidPayload, decode_payload
 from .registry import SenderCheck, registered_producers
@@ -222,7 +224,9 @@ class Consumer:
                 extra={"reason": str(exc), "message_id": str(message.properties.get("message_id") or "")},
             )
             message.reject(requeue=False)
+            metrics.consumed(metrics.UNKNOWN_TYPE, "malformed")
             return
+        metrics.delivered(event.type, event.occurred_at)
         sender = message.properties.get("user_id")
         if not self.senders(event.type, sender, _claimed_service(event.message)):
             # RabbitMQ verified ``user_id`` against the publisher's login: a message another service
@@ -230,10 +234,12 @@ class Consumer:
             log.warning("message refused: not from a registered producer of its type",
                         extra={"event_id": event.id, "event_type": event.type, "sender": str(sender or "")})
             message.reject(requeue=False)
+            metrics.consumed(event.type, "refused")
             return
         request_id = event.request_id or message.properties.get("correlation_id")
         info = {"event_id": event.id, "event_type": event.type}
-        with request_context(str(request_id) if request_id else None):
+        with request_context(str(request_id) if request_id else None), \
+                consumer_span(event.type, message.headers, {"messaging.message.id": event.id}):
             db_failures = 0
             while True:
                 try:
@@ -256,9 +262,11 @@ class Consumer:
                     )
                     self._sleep(delay)
                     message.reject(requeue=True)
+                    metrics.consumed(event.type, "requeued")
                     return
                 break
             message.ack()
+            metrics.consumed(event.type, outcome)
             log.info(_OUTCOME_LOG[outcome], extra=info)
 
     # -- loop -----------------------------------------------------------------------------------------

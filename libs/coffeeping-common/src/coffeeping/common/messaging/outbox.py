@@ -57,6 +57,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..db import system_tx, validate_user_id
 from ..tables import schema_tables
+from ..tracing import producer_span, trace_context
 from ._names import check_event_type, check_name, check_schema, events_exchange, notify_channel
 from .payloads import encode_payload
 from .topology import declare_events_exchange
@@ -74,7 +75,7 @@ def make_envelope(user_id: str, message: Message, request_id: str | None = None)
     """The envelope of an event about ``user_id`` whose payload is ``message``, a registered event message
     (``TypeError`` otherwise; ``ValueError`` when it leaves a required field unset)."""
     event_type, payload = encode_payload(message)
-    return {
+    envelope: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "type": check_event_type(event_type),
         "user_id": validate_user_id(user_id),
@@ -82,6 +83,9 @@ def make_envelope(user_id: str, message: Message, request_id: str | None = None)
         "request_id": request_id if request_id is not None else (current_request_id() or None),
         "payload": payload,
     }
+    if (trace := trace_context()) is not None:  # W3C trace headers only: ids, nothing about the user
+        envelope["trace"] = trace
+    return envelope
 
 
 @functools.cache
@@ -284,8 +288,12 @@ class OutboxRelay:
                                           "user_id": self._connection.userid if self._connection else None}
             if envelope.get("request_id"):
                 properties["correlation_id"] = str(envelope["request_id"])
-            producer.publish(body.encode("utf-8"), routing_key=row.routing_key, mandatory=True, delivery_mode=2,
-                             content_type="application/json", content_encoding="utf-8", retry=False, **properties)
+            # With tracing on, the event's publication continues the trace it was written in, and its
+            # headers carry that trace on to the consumer.
+            with producer_span(row.routing_key, envelope.get("trace"), {"messaging.message.id": str(row.id)}) as headers:
+                producer.publish(body.encode("utf-8"), routing_key=row.routing_key, mandatory=True,
+                                 delivery_mode=2, content_type="application/json", content_encoding="utf-8",
+                                 retry=False, headers=headers or None, **properties)
             self._next_tag += 1
             self._unconfirmed.add(self._next_tag)
             tags[self._next_tag] = row
