@@ -170,11 +170,15 @@ def main() -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (path printed)")
     parser.add_argument("--workers", type=int, default=None, help="GATEWAY_WORKERS (default: the gateway's own)")
     parser.add_argument("--threads", type=int, default=None, help="GATEWAY_THREADS (default: the gateway's own)")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="off: no process serves Prometheus metrics (METRICS_PORT=0), to measure their cost")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
     gunicorn_env = {name: str(value) for name, value in
                     (("GATEWAY_WORKERS", args.workers), ("GATEWAY_THREADS", args.threads)) if value}
+    if args.metrics == "off":
+        gunicorn_env["METRICS_PORT"] = "0"
     with running_stack(args.log_level, gunicorn_env, keep_logs=args.keep_logs) as stack:
         config = stack.config
         lifetime = int(2 * (args.warmup + args.duration) + 120)

@@ -42,6 +42,7 @@ CoffeePing is running.
   A session token:  TOKEN=$(.venv/bin/python -m coffeeping_sandbox.clerk mint --user user_demo --url {config.clerk_url})
   Then:         curl -H "Authorization: Bearer $TOKEN" {gw}/v1/me
   Guided demo:  .venv/bin/python deploy/demo.py connect | outreach | reply   (see README.md)
+  Metrics:      {"  ".join(f"{name} :{port}" for name, port in config.metrics_ports.items())}   (/metrics)
 Press Ctrl-C to stop everything.
 """ if config.sandbox else f"\nCoffeePing is running at {gw} (no sandbox; the console, if CONSOLE_URL is set, at "
       f"{config.environ.get('CONSOLE_URL') or 'none'}). Ctrl-C stops it.\n", flush=True)

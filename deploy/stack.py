@@ -35,6 +35,7 @@ from bootstrap_db import CONTAINER_SECRETS, DEFAULT_ADMIN_URL, bootstrap, read_e
 
 from coffeeping.common import services  # noqa: E402
 from coffeeping.common.config import problems  # noqa: E402
+from coffeeping.common.rpc import RECONNECT_WITHIN_S  # noqa: E402
 
 # name: (module, schema or None, default port), from the one registry.
 SERVICES = {s.name: (s.package, s.schema, s.port) for s in services.ALL}
@@ -44,6 +45,8 @@ GOOGLE_CLIENT_ID = "coffeeping-dev.apps.googleusercontent.com"
 PUSH_TOPIC = "projects/coffeeping-dev/topics/gmail-push"
 PUSH_SERVICE_ACCOUNT = "gmail-push@coffeeping-dev.iam.gserviceaccount.com"
 SANDBOX_PORTS = {"clerk": 8701, "google": 8702, "kms": 8703}
+# Each process's Prometheus port on this machine (in a container or a pod every one uses 9090).
+METRICS_PORTS = {name: 9101 + index for index, name in enumerate(SERVICES)}
 
 
 def free_port() -> int:
@@ -90,6 +93,7 @@ class StackConfig:
     sandbox: bool = os.environ.get("COFFEEPING_SANDBOX", "on") != "off"
     ports: dict[str, int] = field(default_factory=lambda: {k: v[2] for k, v in SERVICES.items()})
     sandbox_ports: dict[str, int] = field(default_factory=lambda: dict(SANDBOX_PORTS))
+    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(METRICS_PORTS))
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     # The gateway serves the web console against the sandbox's Clerk stand-in, and Google's consent comes
@@ -112,12 +116,17 @@ class StackConfig:
             rabbitmq_vhost=prefix,
             ports={name: free_port() for name in SERVICES},
             sandbox_ports={name: free_port() for name in SANDBOX_PORTS},
+            metrics_ports={name: free_port() for name in SERVICES},
             log_dir=var_dir / "logs",
         )
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['auth-gateway']}"
+
+    def metrics_url(self, service: str) -> str:
+        """Where ``service``'s process serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
 
     @property
     def google_url(self) -> str:
@@ -186,6 +195,7 @@ class StackConfig:
             "TOKEN_VAULT_GRPC_ADDR": f"127.0.0.1:{self.ports['token-vault']}",
             "MAILER_GRPC_ADDR": f"127.0.0.1:{self.ports['mailer']}",
             "REPLY_WATCHER_GRPC_ADDR": f"127.0.0.1:{self.ports['reply-watcher']}",
+            "METRICS_PORT": str(self.metrics_ports[service]),
         }
         if schema:
             here["RABBITMQ_URL"] = self.broker_url(service)
@@ -293,6 +303,16 @@ class Stack:
                                 stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
+
+    def restart_service(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop ``name`` (with ``sig``), start it again and wait until the other services reach it: its port
+        open, then the longest the others' channels take to try a replica again (``RECONNECT_WITHIN_S``)."""
+        self.stop_service(name, sig=sig)
+        self.start_and_wait(name)
+
+    def start_and_wait(self, name: str) -> None:
+        _wait_port(self.config.ports[name], self.start_service(name))
+        time.sleep(RECONNECT_WITHIN_S)
 
     def start(self) -> None:
         if self.config.sandbox:

@@ -7,7 +7,6 @@ Google account. The completeness proof walks every table of every schema as the 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import signal
 import subprocess
@@ -238,8 +237,7 @@ def test_a_vault_killed_mid_purge_gets_the_event_again_and_the_end_state_is_the_
         stack.stack.stop_service("token-vault", sig=signal.SIGKILL)
     finally:
         requests.post(f"{stack.google}/_sandbox/latency", json={"ms": 0, "method": "oauth.revoke"}, timeout=10)
-        proc = stack.stack.start_service("token-vault")
-        importlib.import_module("stack")._wait_port(stack.config.ports["token-vault"], proc)
+        stack.stack.start_and_wait("token-vault")
     wait_completed(http, timeout=120)
     assert refresh_answer(stack, refresh_token).json()["error"] == "invalid_grant"
     assert_nothing_left(stack, [user, data["email"]])

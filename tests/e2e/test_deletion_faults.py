@@ -11,7 +11,6 @@ deletion status reports it.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import re
 import signal
@@ -79,9 +78,7 @@ def gmail_calls(stack, email: str, methods: tuple[str, ...], since: float = 0.0)
 
 
 def restart(stack, name: str, sig: int = signal.SIGKILL) -> None:
-    stack.stack.stop_service(name, sig=sig)
-    proc = stack.stack.start_service(name)
-    importlib.import_module("stack")._wait_port(stack.config.ports[name], proc)
+    stack.stack.restart_service(name, sig=sig)
 
 
 def step_of(status: dict, service: str) -> dict:
@@ -376,8 +373,7 @@ def test_a_deletion_while_the_mailer_is_down_answers_503_until_the_fence_is_conf
         assert "Traceback" not in refused.text
         assert deletion(http)["state"] == "in_progress"  # recorded: its event fences the mailer too
     finally:
-        proc = stack.stack.start_service("mailer")
-        importlib.import_module("stack")._wait_port(stack.config.ports["mailer"], proc)
+        stack.stack.start_and_wait("mailer")
     again = http.delete("/v1/account", json=CONFIRM)
     assert again.status_code == 202, again.text
     assert wait_completed(http)["state"] == "completed"

@@ -4,7 +4,6 @@ the services behind it. Each outage is made for one service's own login only, so
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from urllib.parse import quote
@@ -82,8 +81,7 @@ def test_the_gateway_stays_ready_while_a_backend_is_down(stack):
                                headers={"Authorization": f"Bearer {stack.token('user_health_gw')}"})
         assert listing.status_code == 503 and listing.headers["Content-Type"] == "application/problem+json"
     finally:
-        proc = stack.stack.start_service("mailer")
-        importlib.import_module("stack")._wait_port(stack.config.ports["mailer"], proc)
+        stack.stack.start_and_wait("mailer")
 
 
 def test_liveness_falls_when_a_worker_thread_dies(certs):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 import requests
-from stack import PUSH_SERVICE_ACCOUNT, PUSH_TOPIC, _wait_port
+from stack import PUSH_SERVICE_ACCOUNT, PUSH_TOPIC
 
 from tests.e2e.journey import CONFIRM, wait_completed
 
@@ -221,9 +221,7 @@ class WatcherSettings:
             return
         self.stack.config.extra_env.clear()
         self.stack.config.extra_env.update({**self.base, **env})
-        self.stack.stack.stop_service("reply-watcher")
-        proc = self.stack.stack.start_service("reply-watcher")
-        _wait_port(self.stack.config.ports["reply-watcher"], proc)
+        self.stack.stack.restart_service("reply-watcher")
         self.current = dict(env)
 
 

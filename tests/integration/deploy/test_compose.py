@@ -416,13 +416,15 @@ def test_service_addresses_and_certificates_point_at_the_right_containers_and_fi
 def test_only_the_bootstrap_mounts_the_whole_devstate_volume(services):
     (mount,) = devstate_mounts(services["bootstrap"])
     assert mount["target"] == STATE and not mount.get("volume", {}).get("subpath")
+    # The mailer's scheduler is the mailer (MAILER_ROLE=scheduler): its certificate and secrets.
+    folder = {"mailer-scheduler": "mailer"}
     for name, spec in services.items():
         if name == "bootstrap":
             continue
         for mount in devstate_mounts(spec):
             # Its own folder only, read-only: never certs/ (the CA key) or dev-secrets.env (every secret).
             assert mount["type"] == "volume", name
-            assert mount.get("volume", {}).get("subpath") == name, f"{name} mounts {mount}"
+            assert mount.get("volume", {}).get("subpath") == folder.get(name, name), f"{name} mounts {mount}"
             assert mount["read_only"] is True, name
             assert mount["target"] == OWN, name
 

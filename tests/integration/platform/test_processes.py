@@ -74,6 +74,7 @@ def test_sigterm_drains_a_service_and_it_exits_cleanly(stack):
     env = stack.config.env("accounts")
     port = free_port()
     env["GRPC_PORT"] = str(port)
+    env["METRICS_PORT"] = str(free_port())  # the stack's accounts holds its own
     proc = subprocess.Popen([sys.executable, "-m", "coffeeping_accounts"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

@@ -14,7 +14,7 @@ from coffeeping.common.db import make_engine
 from coffeeping.common.logging import configure_logging
 from coffeeping.common.rpc import serve
 from coffeeping.common.runtime import messaging_workers, run_until_signalled
-from coffeeping_accounts import SERVICE, deletions
+from coffeeping_accounts import SERVICE, deletions, metrics
 from coffeeping_accounts.config import OperatorSettings, Settings
 from coffeeping_accounts.export import Sources
 from coffeeping_accounts.servicer import POLICY, AccountsServicer
@@ -29,6 +29,8 @@ def run_service() -> None:
                       settings.watcher_addr, timeout_s=settings.export_timeout_s)
     known = KnownUsers(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
                        max_age_s=settings.known_users_max_age_s)
+    if settings.metrics_port:
+        metrics.watch_deletions(engine)
     messaging = messaging_workers(settings, SERVICE, engine, deletions.SCHEMA,
                                   deletions.make_handler(settings.tombstone_key))
 

@@ -1,20 +1,24 @@
-"""Entry point: validates the settings, then serves the app with gunicorn (``coffeeping-gateway``)."""
+"""Entry point: validates the settings, then serves the app with gunicorn (``coffeeping-gateway``), and with
+``METRICS_PORT`` set, every worker's metrics from the master (``multiprocess``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from coffeeping.common.config import load_or_exit
 from coffeeping.common.logging import configure_logging
-from coffeeping_gateway import SERVICE
+from coffeeping_gateway import SERVICE, multiprocess
 from coffeeping_gateway.config import Settings
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics_dir: Path | None = None) -> None:
         self.settings = settings
+        self.metrics_dir = metrics_dir  # a private multiprocess directory, removed at exit
+        self.metrics_server: Any = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -43,7 +47,20 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         self.cfg.set("limit_request_field_size", 16384)
         # The app (and its gRPC channels) is built in each worker after the fork.
         self.cfg.set("preload_app", False)
-        self.cfg.set("post_fork", lambda server, worker: configure_logging(SERVICE, self.settings.log_level))
+        self.cfg.set("post_fork", self._post_fork)
+        if self.settings.metrics_port:
+            self.cfg.set("when_ready", self._serve_metrics)
+            self.cfg.set("child_exit", lambda server, worker: multiprocess.worker_exited(worker.pid))
+            self.cfg.set("on_exit", lambda server: multiprocess.cleanup(self.metrics_dir))
+
+    def _serve_metrics(self, server: Any) -> None:
+        self.metrics_server = multiprocess.serve(self.settings.metrics_port)
+
+    def _post_fork(self, server: Any, worker: Any) -> None:
+        if self.metrics_server is not None:
+            # The worker's copy of the master's metrics socket: only the master answers on it.
+            self.metrics_server.socket.close()
+        configure_logging(SERVICE, self.settings.log_level)
 
     def load(self) -> Any:
         from coffeeping_gateway.app import create_app
@@ -55,7 +72,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def main() -> None:
     settings = load_or_exit(Settings)
     configure_logging(SERVICE, settings.log_level)
-    _Gunicorn(settings).run()
+    metrics_dir = multiprocess.prepare() if settings.metrics_port else None
+    _Gunicorn(settings, metrics_dir).run()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from werkzeug.routing import RequestRedirect
 
 from coffeeping.common.logging import accepted_request_id, request_id_var
 from coffeeping.common.tracing import trace_flask
-from coffeeping_gateway import console, views
+from coffeeping_gateway import console, metrics, views
 from coffeeping_gateway.auth import ClerkVerifier, InvalidToken, JwksCache
 from coffeeping_gateway.clients import Clients
 from coffeeping_gateway.config import Settings
@@ -66,8 +66,8 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
                     "(allowed only with COFFEEPING_ENV=development)")
     for blueprint in views.blueprints():
         app.register_blueprint(blueprint)
+    trace_flask(app)  # first: its span is open before any of _serve's hooks can answer early
     _serve(app, settings)
-    trace_flask(app)
     if settings.console_url:
         if not settings.clerk_publishable_key:
             log.warning("CONSOLE_URL without CLERK_PUBLISHABLE_KEY: the console refreshes sessions at "
@@ -78,8 +78,8 @@ def create_app(settings: Settings, verifier: ClerkVerifier | None = None, client
         pages.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
         pages.extensions = app.extensions
         console.install(pages, settings)
-        _serve(pages, settings)
         trace_flask(pages)
+        _serve(pages, settings)
         app.wsgi_app = _Dispatch(app, pages)  # type: ignore[method-assign]
     return app
 
@@ -163,6 +163,7 @@ def _serve(app: Flask, settings: Settings) -> None:
         response.headers["X-Request-ID"] = request_id_var.get()
         rule = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+        metrics.observe(rule, request.method, response.status_code, elapsed_ms / 1000)
         log.info("request", extra={"method": request.method, "route": rule, "status": response.status_code,
                                    "ms": elapsed_ms})
         return response

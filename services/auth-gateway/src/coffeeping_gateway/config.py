@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from coffeeping.common.access_log import AccessLogRetention
 from coffeeping.common.config import ConfigError, csv_list, host_port, integer, secret_text, setting, url
+from coffeeping.common.metrics import MetricsSettings
 from coffeeping.common.rpc import TlsSettings
 
 DEVELOPMENT, PRODUCTION = "development", "production"
@@ -45,7 +46,7 @@ def environment(raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class Settings(TlsSettings, AccessLogRetention):  # the retention: told on the console's Privacy page
+class Settings(TlsSettings, AccessLogRetention, MetricsSettings):  # the retention: told on the console's Privacy page
     # Unset means production, so a forgotten setting fails closed; any other value stops the start.
     environment: str = setting("COFFEEPING_ENV", environment, default=PRODUCTION)
     port: int = setting("GATEWAY_PORT", integer(1, 65535), default=8080)
@@ -87,6 +88,9 @@ class Settings(TlsSettings, AccessLogRetention):  # the retention: told on the c
         # only a developer's machine may run so (the gateway then checks no ``azp``).
         if not self.clerk_authorized_parties and self.environment != DEVELOPMENT:
             raise ConfigError("CLERK_AUTHORIZED_PARTIES is required unless COFFEEPING_ENV=development")
+        # /metrics is served by gunicorn's master on a port of its own, never on the public one.
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("METRICS_PORT must differ from GATEWAY_PORT: metrics are never served on the public port")
         if self.console_url:
             self._check_console()
 

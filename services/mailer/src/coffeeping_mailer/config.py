@@ -6,9 +6,25 @@ from coffeeping.common.access_log import AccessLogSettings
 from coffeeping.common.config import host_port, integer, number, setting, url
 from coffeeping.common.runtime import ServiceSettings
 
+ALL, API, SCHEDULER = "all", "api", "scheduler"
+ROLES = (ALL, API, SCHEDULER)
+
+
+def role(raw: str) -> str:
+    """What one mailer process runs (``__main__``): everything, the API side, or the scheduler side."""
+    value = raw.strip().lower()
+    if value not in ROLES:
+        raise ValueError("must be all, api or scheduler")
+    return value
+
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings, AccessLogSettings):
+    # What this process runs: all (the local stack: everything in one process); api (the gRPC Mailer API,
+    # the event consumer, the dead-letter janitor, the outbox relay and the access log's writer); or
+    # scheduler (the scheduler, the outbox relay, the access log's writer, and gRPC health alone on
+    # GRPC_PORT). Any number of processes of either role may run side by side (claims use SKIP LOCKED).
+    role: str = setting("MAILER_ROLE", role, default=ALL)
     vault_addr: str = setting("TOKEN_VAULT_GRPC_ADDR", host_port, default="127.0.0.1:50052")
     gmail_api_endpoint: str = setting("GMAIL_API_ENDPOINT", url, default="https://gmail.googleapis.com")
     # How often the scheduler looks for due steps when it found none the last time.

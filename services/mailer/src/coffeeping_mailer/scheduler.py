@@ -51,8 +51,9 @@ from coffeeping.common.access_log import about
 from coffeeping.common.db import system_tx, user_tx
 from coffeeping.common.gmail import classify_received
 from coffeeping.common.messaging import publish_in_tx
+from coffeeping.common.tracing import job_span
 from coffeeping.events.v1 import events_pb2 as ev
-from coffeeping_mailer import fence, lifecycle, schedule
+from coffeeping_mailer import fence, lifecycle, metrics, schedule
 from coffeeping_mailer.fence import FENCE_OPEN, fence_params
 from coffeeping_mailer.gmail_api import Disconnected, Gmail, NotFound, Rejected, ThreadMessage, Transient
 from coffeeping_mailer.mime import Outgoing, UnsafeHeader, build, new_message_id, reply_subject, to_raw
@@ -235,6 +236,7 @@ class Scheduler:
         # Batches of half the senders, three claimers: enough claimed jobs to keep every sender busy while
         # a batch waits for its slowest step.
         self.batch = batch or max(1, -(-workers // 2))
+        metrics.watch_schedule(engine)
 
     # ------------------------------------------------------------------------------------------ loops
     def run(self, stop: threading.Event) -> None:
@@ -287,9 +289,11 @@ class Scheduler:
 
     def _work(self, job: Any) -> Retry | None:
         try:
-            return self.process(job)
+            with job_span("mailer.step process", {"coffeeping.step.id": str(job.step_id)}):
+                return self.process(job)
         except Exception as exc:  # noqa: BLE001 - a bug or a database error must not spin on one job
             log.error("step processing failed", extra={"step_id": str(job.step_id), "error": type(exc).__name__})
+            metrics.failed("internal")
             return Retry(dt.datetime.now(UTC) + dt.timedelta(seconds=30))
 
     # ------------------------------------------------------------------------------------------ a step
@@ -322,6 +326,7 @@ class Scheduler:
                 marked = self._commit_to_follow_up(conn, user, step)
                 if marked is None:
                     return None
+        metrics.late_by(step.position, (now - job.due_at).total_seconds())
         try:
             with about(step.sequence_id, step.position, step.thread_id):
                 if step.position == 0:
@@ -331,6 +336,7 @@ class Scheduler:
             return None
         except Disconnected:
             log.warning("gmail disconnected; pausing the user's sequences", extra={"step_id": str(step.id)})
+            metrics.failed("disconnected")
             self.gmail.forget(user)
             with user_tx(self.engine, user) as conn:
                 lifecycle.pause_all(conn, "gmail_disconnected")
@@ -341,14 +347,17 @@ class Scheduler:
         except (Rejected, UnsafeHeader) as exc:
             reason = f"gmail refused the message ({exc})" if isinstance(exc, Rejected) else "unsafe header"
             log.error("step failed", extra={"step_id": str(step.id), "reason": reason})
+            metrics.failed("rejected" if isinstance(exc, Rejected) else "unsafe_header")
             self._fail(user, step, reason)
             return None
 
     def _transient(self, user: str, step: Any, exc: Transient) -> Retry | None:
         attempts = step.attempts + 1
         if attempts >= self.max_attempts:
+            metrics.failed("gave_up")
             self._fail(user, step, f"{exc.reason}; gave up after {attempts} attempts")
             return None
+        metrics.failed(metrics.transient_reason(exc.reason))
         backoff = min(2.0 ** attempts, 600.0)
         delay = max(backoff, exc.retry_after or 0.0)
         log.info("gmail busy; step deferred", extra={"step_id": str(step.id), "reason": exc.reason,
@@ -388,6 +397,7 @@ class Scheduler:
             conn.execute(_SEQUENCE_MAILBOX,
                          {"p_seq": step.sequence_id, "p_history": history_id, "p_user_email": user_email})
         result = self.gmail.send(user, to_raw(raw))
+        metrics.sent(0)
         try:
             # Gmail may put its own Message-ID on a sent message; replies must reference the real one.
             real = self.gmail.own_header(user, result["id"], "Message-ID") or rfc
@@ -549,6 +559,7 @@ class Scheduler:
                     conn.execute(_EDITED, {"p_step": step.id, "p_body": edited_body})
         try:
             result = self.gmail.send_draft(user, draft_id)
+            metrics.sent(step.position)
         except NotFound:
             thread = self.gmail.thread(user, step.thread_id)
             if not self._adopt_sent(user, step, thread, known, since=marked.sending_since):

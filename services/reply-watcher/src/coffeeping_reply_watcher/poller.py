@@ -49,7 +49,7 @@ from coffeeping.common.gmail import (
     VaultUnavailable,
     classify_received,
 )
-from coffeeping_reply_watcher import services
+from coffeeping_reply_watcher import metrics, services
 from coffeeping_reply_watcher.services import Decision, MailboxState, StopItem
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class Poller:
         # polls, renewals, retries) can wait a few seconds, and what cannot (a push, a new mailbox, a
         # queued stop) wakes the loop: fewer, larger claims.
         self.tick_s = min(5.0 if self.push_topic else 1.0, max(0.05, interval_s / 4))
+        metrics.watch_backlog(engine)
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -211,11 +212,16 @@ class Poller:
         except Retry as retry:
             delay = self._backoff(user_id, retry)
             log.warning("poll deferred", extra={"reason": retry.reason, "retry_in_s": delay})
+            metrics.DEFERRALS.labels(retry.kind).inc()
+            metrics.polled("retry", time.monotonic() - started)
             return PollResult(user_id, "retry")
         except Exception as exc:  # noqa: BLE001 - one user's failure never stops the others
             delay = self._backoff(user_id, Retry("unexpected"))
             log.error("poll failed", extra={"error": type(exc).__name__, "retry_in_s": delay})
+            metrics.DEFERRALS.labels("unexpected").inc()
+            metrics.polled("retry", time.monotonic() - started)
             return PollResult(user_id, "retry")
+        metrics.polled(result.outcome, time.monotonic() - started)
         if result.events:
             log.info("poll detected", extra={"events": len(result.events),
                                              "ms": round((time.monotonic() - started) * 1000, 1)})
@@ -313,6 +319,7 @@ class Poller:
                     raise
                 # The cursor is too old for Google. Take a fresh one before reading the threads, so a
                 # message arriving in between is seen by the next history.list (and deduplicated).
+                metrics.RESYNCS.inc()
                 new_cursor = int(gmail.execute(users.getProfile(userId="me"))["historyId"])
                 log.info("history cursor expired, re-checking threads",
                          extra={"user_id": state.user_id, "threads": len(watched)})
@@ -332,6 +339,8 @@ class Poller:
                                              self.takeover_grace_s + 0.5 if waiting else None)
         if again:
             self.wake.set()  # a push came during this poll, naming a change past what it read
+        for decision in decisions:
+            metrics.DETECTIONS.labels(decision.outcome).inc()
         for event in events:
             log.info("detection published", extra={"user_id": state.user_id, "event_type": event["type"],
                                                    "message_id": event["payload"]["message_id"],
@@ -419,10 +428,12 @@ class Poller:
         meanwhile: the new watch is queued for a stop unless the user was deleted) or ``failed``
         (recorded; retried with backoff)."""
         try:
-            return self._watch(user_id)
+            outcome = self._watch(user_id)
         except Exception as exc:  # noqa: BLE001 - the database comes back; the lease brings the watch back
             log.warning("gmail watch errored", extra={"error": type(exc).__name__})
-            return "error"
+            outcome = "error"
+        metrics.WATCH_CALLS.labels("watch", outcome).inc()
+        return outcome
 
     def _watch(self, user_id: str) -> str:
         body = {"topicName": self.push_topic, "labelIds": list(WATCH_LABELS), "labelFilterBehavior": "include"}
@@ -448,10 +459,12 @@ class Poller:
         ``refused``, ``superseded`` (the mailbox is wanted again: no stop), ``gave_up`` (after
         ``STOP_ATTEMPTS``) or ``retry``. A deletion's stop reports ``account.purged`` once done."""
         try:
-            return self._stop(item)
+            outcome = self._stop(item)
         except Exception as exc:  # noqa: BLE001 - the database comes back; the lease brings the stop back
             log.warning("gmail watch stop errored", extra={"error": type(exc).__name__})
-            return "error"
+            outcome = "error"
+        metrics.WATCH_CALLS.labels("stop", outcome).inc()
+        return outcome
 
     def _stop(self, item: StopItem) -> str:
         user_id = item.user_id

@@ -12,7 +12,7 @@ from coffeeping.common import access_log
 from coffeeping.common.rpc import GATEWAY, Allow, allow, current_user
 from coffeeping.types.v1 import access_pb2, export_pb2
 from coffeeping.watcher.v1 import watcher_pb2, watcher_pb2_grpc
-from coffeeping_reply_watcher import SERVICE, services
+from coffeeping_reply_watcher import SERVICE, metrics, services
 from coffeeping_reply_watcher.services import SCHEMA
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class ReplyWatcherServicer(watcher_pb2_grpc.ReplyWatcherServicer):
         # Anything but digits is ignored (the mailbox is then read, as for a push naming no history id).
         history_id = int(request.history_id) if request.history_id.isdigit() else None
         scheduled = services.schedule_check(self.engine, request.email, history_id)
+        metrics.PUSHES.labels("scheduled" if scheduled else "ignored").inc()
         if scheduled and self.wake:
             self.wake()
         log.info("mailbox check requested", extra={"scheduled": scheduled})

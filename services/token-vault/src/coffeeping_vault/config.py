@@ -47,5 +47,6 @@ class Settings(ServiceSettings, AccessLogRetention):
     grpc_workers: int = setting("TOKEN_VAULT_GRPC_WORKERS", integer(1, 512), default=32)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.kms_key_name and self.local_key is None:
             raise ConfigError("KMS_KEY_NAME or TOKEN_VAULT_LOCAL_KEY is required (neither is set)")

@@ -12,11 +12,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
+from coffeeping_vault import metrics
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class GoogleUnavailable(Exception):
@@ -105,6 +108,9 @@ class GoogleOAuth:
         )
 
     def exchange_code(self, code: str, code_verifier: str, redirect_uri: str) -> TokenResponse:
+        return _measured("exchange", lambda: self._exchange_code(code, code_verifier, redirect_uri))
+
+    def _exchange_code(self, code: str, code_verifier: str, redirect_uri: str) -> TokenResponse:
         return self._token_call("exchange", {
             "grant_type": "authorization_code",
             "code": code,
@@ -115,6 +121,9 @@ class GoogleOAuth:
     def refresh(self, refresh_token: str, scopes: tuple[str, ...] = ()) -> TokenResponse:
         """A new access token; with ``scopes``, one for exactly that subset of the grant (Google narrows
         a token on refresh when the ``scope`` parameter asks for fewer scopes than were granted)."""
+        return _measured("refresh", lambda: self._refresh(refresh_token, scopes))
+
+    def _refresh(self, refresh_token: str, scopes: tuple[str, ...]) -> TokenResponse:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if scopes:
             form["scope"] = " ".join(scopes)
@@ -126,6 +135,9 @@ class GoogleOAuth:
 
     def revoke(self, token: str) -> bool:
         """Revoke the grant; True when revoked now, False when Google says it already was (400)."""
+        return _measured("revoke", lambda: self._revoke(token))
+
+    def _revoke(self, token: str) -> bool:
         response = self._with_retries("revoke", lambda: self._http.post(
             self.revoke_url, data={"token": token}, timeout=self.timeout_s))
         if response.status_code == 200:
@@ -135,6 +147,9 @@ class GoogleOAuth:
         raise OAuthRefused(f"revoke_http_{response.status_code}")
 
     def userinfo(self, access_token: str) -> UserInfo:
+        return _measured("userinfo", lambda: self._userinfo(access_token))
+
+    def _userinfo(self, access_token: str) -> UserInfo:
         response = self._with_retries("userinfo", lambda: self._http.get(
             self.userinfo_url, headers={"Authorization": f"Bearer {access_token}"}, timeout=self.timeout_s))
         data = _json(response)
@@ -142,6 +157,19 @@ class GoogleOAuth:
         if response.status_code != 200 or not isinstance(email, str) or "@" not in email:
             raise OAuthRefused("userinfo_failed")
         return UserInfo(sub=str(data.get("sub") or data.get("id") or ""), email=email)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, InvalidGrant):
+        return "invalid_grant"
+    if isinstance(exc, OAuthRefused):
+        return "refused"
+    return "unavailable" if isinstance(exc, GoogleUnavailable) else "error"
+
+
+def _measured(call: str, run: Callable[[], T]) -> T:
+    """One call to Google (its retries included), counted by outcome and timed."""
+    return metrics.measured(metrics.GOOGLE_CALLS, metrics.GOOGLE_DURATION, call, _outcome, run)
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

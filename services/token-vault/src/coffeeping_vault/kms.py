@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
 
+from coffeeping_vault import metrics
+
 LOCAL = "local"
 KMS = "kms"
 
@@ -104,6 +106,9 @@ class CloudKmsWrapper:
             raise KeyUnavailable(type(exc).__name__) from None
 
     def wrap(self, data_key: bytes, aad: bytes) -> Wrapped:
+        return _kms_call("encrypt", lambda: self._wrap(data_key, aad))
+
+    def _wrap(self, data_key: bytes, aad: bytes) -> Wrapped:
         response = self._call(self.client.encrypt, {
             "name": self.key_name,
             "plaintext": data_key,
@@ -118,6 +123,9 @@ class CloudKmsWrapper:
         return Wrapped(KMS, bytes(response.ciphertext), response.name)
 
     def unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
+        return _kms_call("decrypt", lambda: self._unwrap(wrapped, aad))
+
+    def _unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
         response = self._call(self.client.decrypt, {
             "name": self.key_name,
             "ciphertext": wrapped,
@@ -130,8 +138,19 @@ class CloudKmsWrapper:
         return bytes(response.plaintext)
 
     def primary_version(self) -> str:
-        key = self._call(self.client.get_crypto_key, {"name": self.key_name})
+        key = _kms_call("get_crypto_key", lambda: self._call(self.client.get_crypto_key, {"name": self.key_name}))
         return str(key.primary.name)
+
+
+def _kms_outcome(exc: BaseException) -> str:
+    if isinstance(exc, KeyUnavailable):
+        return "unavailable"
+    return "integrity_error" if isinstance(exc, KeyIntegrityError) else "error"
+
+
+def _kms_call(operation: str, run: Any) -> Any:
+    """A KMS operation (its call and its checksum checks), counted by outcome and timed."""
+    return metrics.measured(metrics.KMS_CALLS, metrics.KMS_DURATION, operation, _kms_outcome, run)
 
 
 class DataKeyCache:
@@ -186,6 +205,7 @@ class Keyring:
 
     def unwrap(self, key_id: str, wrapping: str, wrapped: bytes, aad: bytes) -> bytes:
         cached = self.cache.get(key_id)
+        metrics.data_key(hit=cached is not None)
         if cached is not None:
             return cached
         key = self.unwrap_uncached(wrapping, wrapped, aad)

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from coffeeping.common.db import system_tx, user_tx
+from coffeeping_vault import metrics
 from coffeeping_vault.google_oauth import GoogleUnavailable, OAuthRefused
 from coffeeping_vault.models import revocations
 from coffeeping_vault.services import IntegrityFailure, Unavailable, Vault
@@ -44,6 +45,7 @@ class RevocationWorker:
         self.retry_cap_s = retry_cap_s
         self.poll_s = poll_s
         self.batch = batch
+        metrics.watch_revocations(vault.engine)
 
     def run(self, stop: threading.Event) -> None:
         """Every ``poll_s``, work through the due revocations until ``stop``."""

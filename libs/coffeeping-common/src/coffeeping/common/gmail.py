@@ -30,7 +30,8 @@ import httplib2
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build_from_document
 
-from coffeeping.common.access_log import AccessLog, short_scope
+from coffeeping.common.access_log import AccessLog, RecordingHttp, short_scope
+from coffeeping.common.metrics.gmail import GmailRequests
 from coffeeping.common.rpc import call_metadata
 from coffeeping.vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -205,8 +206,9 @@ class GmailClients:
     ``VaultUnavailable`` or ``ScopesRefused`` may be raised by ``http``/``for_user``, and by a request's
     execution when its token is refreshed.
 
-    With ``access_log``, each wrapper sends through a ``RecordingHttp`` of the user: every request that
-    goes on the wire is recorded in the service's access log (``coffeeping.common.access_log``).
+    Each wrapper sends through a ``RecordingHttp`` of the user: every request that goes on the wire is
+    counted (``coffeeping.common.metrics.gmail``) and, with ``access_log``, recorded in the service's
+    access log (``coffeeping.common.access_log``).
     """
 
     def __init__(self, endpoint: str, tokens: VaultTokenSource, timeout_s: float = 30.0,
@@ -216,6 +218,7 @@ class GmailClients:
         self.timeout_s = timeout_s
         self.cache_size = cache_size
         self.access_log = access_log
+        self._requests = GmailRequests(access_log)
         self._local = threading.local()
         # Every live thread's wrappers, so that ``forget`` reaches them all (a thread's go with it).
         self._lock = threading.Lock()
@@ -268,8 +271,8 @@ class GmailClients:
         credentials = Credentials(token=token.token, expiry=token.expires_at.replace(tzinfo=None),
                                   refresh_handler=refresh)
         transport: Any = self._transport()
-        if self.access_log is not None:
-            transport = self.access_log.http(transport, user_id, (short_scope(s) for s in token.scopes))
+        granted = tuple(sorted(short_scope(s) for s in token.scopes))
+        transport = RecordingHttp(transport, self._requests, user_id, granted)
         http = google_auth_httplib2.AuthorizedHttp(credentials, http=transport)
         with self._lock:
             if forgets == self._forgets:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import signal
 import threading
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from coffeeping.common.config import setting
 from coffeeping.common.db import InvalidUserId, validate_user_id
 from coffeeping.common.logging import accepted_request_id, current_request_id, request_id_var
+from coffeeping.common.rpc_reload import ReloadingChannel, ServerCertificates
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,19 @@ def current_user() -> str:
     return user_var.get()
 
 
+class MethodObserver(Protocol):
+    def observe(self, code: str, seconds: float) -> None: ...
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, policy: Mapping[str, Allow]) -> None:
+    """Authenticates and authorizes every call, and reports it: a log line (not for health and reflection)
+    and, given ``observer_for`` (a method's full name → its observer), its status code and duration."""
+
+    def __init__(self, policy: Mapping[str, Allow],
+                 observer_for: Callable[[str], MethodObserver] | None = None) -> None:
         # Keys are full method names: "/coffeeping.vault.v1.TokenVault/GetAccessToken".
         self.policy = dict(policy)
+        self.observer_for = observer_for
 
     def intercept_service(
         self,
@@ -137,21 +148,27 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid user id")
 
         # Health and reflection get no log line: probes call every few seconds.
-        return _wrap(handler, guard, "" if open_method else method)
+        observer = self.observer_for(method) if self.observer_for is not None else None
+        return _wrap(handler, guard, "" if open_method else method, observer)
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], guard: Callable[[grpc.ServicerContext], None],
-          method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """Run ``guard`` before the servicer and log one line per call (method, caller, outcome, time);
-    an empty ``method`` means no line."""
+          method: str, observer: MethodObserver | None) -> grpc.RpcMethodHandler[Any, Any]:
+    """Run ``guard`` before the servicer, then report the call: a log line (method, caller, status code,
+    time) unless ``method`` is empty, and its status code and duration to ``observer``."""
 
     def finish(context: grpc.ServicerContext, started: float, failed: BaseException | None) -> None:
-        if not method:
-            return
+        seconds = time.perf_counter() - started
         code = getattr(context, "code", lambda: None)()
-        outcome = code.name if isinstance(code, grpc.StatusCode) else ("ERROR" if failed else "OK")
-        log.info("rpc", extra={"rpc_method": method, "caller": caller_var.get(), "code": outcome,
-                               "ms": round((time.perf_counter() - started) * 1000, 2)})
+        if isinstance(code, grpc.StatusCode):
+            outcome = code.name
+        else:  # the servicer returned, or raised (gRPC answers UNKNOWN), or the client went away
+            outcome = "OK" if failed is None else "CANCELLED" if isinstance(failed, GeneratorExit) else "UNKNOWN"
+        if observer is not None:
+            observer.observe(outcome, seconds)
+        if method:
+            log.info("rpc", extra={"rpc_method": method, "caller": caller_var.get(), "code": outcome,
+                                   "ms": round(seconds * 1000, 2)})
 
     @contextlib.contextmanager
     def guarded(context: grpc.ServicerContext) -> Iterator[None]:
@@ -236,11 +253,19 @@ def serve(
 
     ``registrations`` holds ``(add_XServicer_to_server, servicer, full_service_name)`` triples.
     """
-    ca, cert, key = tls.read()
+    # Imported here: the gateway's gunicorn master imports this module and must not load prometheus_client.
+    from coffeeping.common.metrics.rpc import method_metrics
+
+    certificates = ServerCertificates(tls.ca, tls.cert, tls.key)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service_name}-rpc"),
-        interceptors=[AuthInterceptor(policy)],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        # Its RED metrics count refused calls with their codes too.
+        interceptors=[AuthInterceptor(policy, method_metrics)],
+        # Connections end after about five minutes (calls under way get 30 s more): clients then resolve
+        # the Service's pods again and spread over replicas added since, and new handshakes take renewed
+        # certificates up.
+        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.max_connection_age_ms", 300_000),
+                 ("grpc.max_connection_age_grace_ms", 30_000)],
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -252,8 +277,8 @@ def serve(
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
-    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
-    bound = server.add_secure_port(f"{host}:{port}", credentials)
+    # Renewed certificates are taken up by the next connection's handshake (rpc_reload).
+    bound = server.add_secure_port(f"{host}:{port}", certificates.credentials())
     server.start()
     log.info("grpc server started", extra={"port": bound})
     return RunningServer(server, health_servicer, bound, grace, tuple(names[2:]))
@@ -272,11 +297,37 @@ def shutdown_event() -> threading.Event:
     return done
 
 
-def channel(address: str, tls: TlsFiles) -> grpc.Channel:
-    """A mutually authenticated channel to another service."""
-    ca, cert, key = tls.read()
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.secure_channel(address, credentials)
+# Calls are spread over every address the target resolves to: a Kubernetes headless Service's pods
+# (``accounts:50051``), or a list (``ipv4:127.0.0.1:1,127.0.0.1:2``). Each replica's connection is kept
+# up by the channel itself, and one that went away is tried again at most a second apart: gRPC's default
+# backoff grows to 120 s, and a restarted service would stay unreachable, its calls failing at once, that
+# long. Inside a cluster an attempt a second per client is cheap.
+_CHANNEL_OPTIONS = [("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+# The longest a channel takes to try a restarted replica again (the backoff's cap and its 20 % jitter).
+RECONNECT_WITHIN_S = 1.2
+
+
+def _channel_options(address: str) -> list[tuple[str, Any]]:
+    """The channel's options; for a list of addresses, the name its certificates are checked against is
+    the first address's host (gRPC would check the whole list)."""
+    if not address.startswith("ipv4:") or "," not in address:
+        return _CHANNEL_OPTIONS
+    host = address.removeprefix("ipv4:").split(",", 1)[0].rsplit(":", 1)[0]
+    return [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", host)]
+
+
+def channel(address: str, tls: TlsFiles, reload_check_s: float = 30.0) -> grpc.Channel:
+    """A mutually authenticated channel to another service, spreading its calls over the service's
+    replicas, and taking renewed certificate files up without a restart (looked at every
+    ``reload_check_s``; rpc_reload)."""
+
+    def make() -> grpc.Channel:
+        ca, cert, key = tls.read()
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        return grpc.secure_channel(address, credentials, options=_channel_options(address))
+
+    return ReloadingChannel(make, (tls.ca, tls.cert, tls.key), reload_check_s)
 
 
 def call_metadata(user_id: str | None = None) -> tuple[tuple[str, str], ...]:

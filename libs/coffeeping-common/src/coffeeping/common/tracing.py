@@ -8,6 +8,8 @@ apply as the OpenTelemetry SDK reads them. When it is on:
 - gRPC servers and channels, ``requests`` and every engine made by ``db.make_engine`` are instrumented
   with the maintained instrumentations, and the gateway instruments its Flask apps (``trace_flask``);
   ``traceparent`` travels in gRPC metadata and HTTP headers;
+- the scheduler's due steps are traces of their own (``job_span``), and each Gmail request is a client
+  span (``client_span``, from ``access_log.RecordingHttp``) named by its method;
 - an event written to an outbox keeps the writer's trace context in its envelope (``trace_context``),
   the relay publishes it inside a producer span and puts that span's ``traceparent`` in the AMQP
   headers, and the consumer handles it inside a consumer span that continues the trace
@@ -114,8 +116,11 @@ def trace_flask(app: Any) -> None:
     if tracing_enabled():
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-        # Not the probes' addresses.
-        FlaskInstrumentor.instrument_app(app, excluded_urls="healthz,.well-known/security.txt")  # type: ignore[no-untyped-call]
+        # Not the probes' addresses, nor the export: its body is streamed, and the instrumentation cannot
+        # close a streamed response's span in its thread (the context leaked into the thread's next
+        # requests, which all joined that trace; tests/e2e/test_traces.py).
+        FlaskInstrumentor.instrument_app(  # type: ignore[no-untyped-call]
+            app, excluded_urls="healthz,.well-known/security.txt,v1/export")
 
 
 def trace_context() -> dict[str, str] | None:
@@ -160,6 +165,28 @@ def consumer_span(event_type: str, headers: Mapping[str, Any] | None, attributes
                                        attributes={"messaging.system": "rabbitmq",
                                                    "messaging.destination.name": event_type, **attributes}):
         yield
+
+
+@contextmanager
+def job_span(name: str, attributes: Mapping[str, str]) -> Iterator[None]:
+    """A job a background worker took from its table (the scheduler's due step): a trace of its own, as a
+    consumed event is; the events it writes continue it."""
+    if not tracing_enabled():
+        yield
+        return
+    with _tracer.start_as_current_span(name, kind=SpanKind.CONSUMER, attributes=dict(attributes)):
+        yield
+
+
+@contextmanager
+def client_span(name: str, attributes: Mapping[str, str | int]) -> Iterator[Any]:
+    """A call to an API no instrumentation covers (Gmail's, through httplib2); yields the span (None
+    without tracing) for attributes known only after the call."""
+    if not tracing_enabled():
+        yield None
+        return
+    with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=dict(attributes)) as span:
+        yield span
 
 
 def current_trace_ids() -> tuple[str, str] | None:
@@ -223,5 +250,5 @@ def _frames(stacktrace: str) -> str:
     return "\n".join(frames[-30:])
 
 
-__all__ = ["consumer_span", "current_trace_ids", "producer_span", "setup_tracing", "trace_context", "trace_flask",
-           "tracing_configured", "tracing_enabled"]
+__all__ = ["client_span", "consumer_span", "current_trace_ids", "job_span", "producer_span", "setup_tracing",
+           "trace_context", "trace_flask", "tracing_configured", "tracing_enabled"]

@@ -110,13 +110,22 @@ def _match(verb: str, segments: list[str]) -> tuple[str, dict[str, str]] | None:
     return None
 
 
+def _matched(verb: str, path: str) -> tuple[str, dict[str, str]] | None:
+    root = path.find(_API_ROOT)
+    segments = [unquote(s) for s in path[root + len(_API_ROOT):].split("/")[1:]] if root >= 0 else []
+    return _match(verb.upper(), segments) if segments else None
+
+
+def method_of(verb: str, uri: str) -> str:
+    """Only the Gmail method of a request (``other`` when it has no name): its verb and path, not its query."""
+    matched = _matched(verb, uri.partition("?")[0])
+    return matched[0] if matched else "other"
+
+
 def call_of(verb: str, uri: str) -> Call:
     """The Gmail method of a request and the ids, format and header names it names."""
     parts = urlsplit(uri)
-    path = parts.path
-    root = path.find(_API_ROOT)
-    segments = [unquote(s) for s in path[root + len(_API_ROOT):].split("/")[1:]] if root >= 0 else []
-    matched = _match(verb.upper(), segments) if segments else None
+    matched = _matched(verb, parts.path)
     if matched is None:
         return Call("other", "other")
     method, ids = matched
@@ -139,4 +148,4 @@ def short_scope(scope: str) -> str:
     return scope.removeprefix("https://www.googleapis.com/auth/")
 
 
-__all__ = ["KINDS", "QUOTA_UNITS", "Call", "call_of", "kind_of", "short_scope"]
+__all__ = ["KINDS", "QUOTA_UNITS", "Call", "call_of", "kind_of", "method_of", "short_scope"]

@@ -20,6 +20,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..tracing import client_span
+from .calls import method_of
+
 
 @dataclass(frozen=True)
 class About:
@@ -77,8 +80,13 @@ class RecordingHttp:
         at = time.time()
         status: int | None = None
         try:
-            response, content = self._http.request(uri, method, *args, **kwargs)
-            status = int(response.status)
+            # Named by Gmail's method only when traced: never the address, which holds the ids.
+            with client_span("gmail", {"http.request.method": method}) as span:
+                response, content = self._http.request(uri, method, *args, **kwargs)
+                status = int(response.status)
+                if span is not None:
+                    span.update_name(f"gmail {method_of(method, uri)}")
+                    span.set_attribute("http.response.status_code", status)
             return response, content
         finally:
             self._sink.sent(Sent(self._user_id, self._scopes, method, uri, status, at, _about.get()))

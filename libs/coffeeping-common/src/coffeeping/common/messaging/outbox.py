@@ -290,7 +290,8 @@ class OutboxRelay:
                 properties["correlation_id"] = str(envelope["request_id"])
             # With tracing on, the event's publication continues the trace it was written in, and its
             # headers carry that trace on to the consumer.
-            with producer_span(row.routing_key, envelope.get("trace"), {"messaging.message.id": str(row.id)}) as headers:
+            span = producer_span(row.routing_key, envelope.get("trace"), {"messaging.message.id": str(row.id)})
+            with span as headers:
                 producer.publish(body.encode("utf-8"), routing_key=row.routing_key, mandatory=True,
                                  delivery_mode=2, content_type="application/json", content_encoding="utf-8",
                                  retry=False, headers=headers or None, **properties)
