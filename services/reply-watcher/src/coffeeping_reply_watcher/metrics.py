@@ -4,12 +4,10 @@ and (sampled) how far behind the polls are."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, func
 
-from coffeeping.common.metrics.sampling import SAMPLER, Family, Reading, count_and_oldest, reading_tx
+from coffeeping.common.metrics.sampling import Family, watch_rows
 from coffeeping_reply_watcher.models import mailboxes
 
 POLL_OUTCOMES = ("polled", "retry", "gone")
@@ -45,15 +43,8 @@ def polled(outcome: str, seconds: float) -> None:
 
 def watch_backlog(engine: Engine) -> None:
     """Sample the mailboxes already due (a lease moves a taken one ahead, so these wait for a poller)."""
-    due = count_and_oldest(mailboxes.c.due_at, ~mailboxes.c.paused, mailboxes.c.due_at <= func.now())
-
-    def read() -> Iterator[Reading]:
-        with reading_tx(engine) as conn:
-            count, age = conn.execute(due).one()
-        yield Reading("coffeeping_watcher_polls_due", float(count))
-        yield Reading("coffeeping_watcher_oldest_due_poll_age_seconds", max(0.0, float(age)))
-
-    SAMPLER.add("watcher-backlog", BACKLOG, read)
+    watch_rows("watcher-backlog", engine, BACKLOG, mailboxes.c.due_at, ~mailboxes.c.paused,
+               mailboxes.c.due_at <= func.now())
 
 
 __all__ = ["BACKLOG", "DEFERRALS", "DETECTIONS", "POLL", "PUSHES", "RESYNCS", "WATCH_CALLS", "polled",

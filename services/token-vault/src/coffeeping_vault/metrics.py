@@ -5,13 +5,13 @@ revocations still waiting for Google's confirmation."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine
 
-from coffeeping.common.metrics.sampling import SAMPLER, Family, Reading, count_and_oldest, reading_tx
+from coffeeping.common.metrics.sampling import Family, watch_rows
 from coffeeping_vault.models import revocations
 
 T = TypeVar("T")
@@ -61,15 +61,8 @@ def data_key(hit: bool) -> None:
 
 
 def watch_revocations(engine: Engine) -> None:
-    query = count_and_oldest(revocations.c.created_at)
-
-    def read() -> Iterator[Reading]:
-        with reading_tx(engine) as conn:
-            count, age = conn.execute(query).one()
-        yield Reading("coffeeping_vault_revocations_pending", float(count))
-        yield Reading("coffeeping_vault_oldest_revocation_age_seconds", max(0.0, float(age)))
-
-    SAMPLER.add("vault-revocations", REVOCATIONS, read)
+    """Sample the revocations Google has not confirmed yet, and the oldest one's age."""
+    watch_rows("vault-revocations", engine, REVOCATIONS, revocations.c.created_at)
 
 
 __all__ = ["DATA_KEYS", "GOOGLE_CALLS", "GOOGLE_DURATION", "KMS_CALLS", "KMS_DURATION", "REVOCATIONS", "data_key",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,20 @@ def trace_context() -> dict[str, str] | None:
     return carrier or None
 
 
-_tracer = trace.get_tracer("coffeeping.messaging")
+_tracer = trace.get_tracer("coffeeping")
+
+
+@contextmanager
+def _span(name: str, kind: SpanKind, attributes: Mapping[str, str | int],
+          parent: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """A span of our own, current for the block (the child of ``parent``'s W3C headers when given); yields
+    it, or None without tracing."""
+    if not tracing_enabled():
+        yield None
+        return
+    context = propagate.extract(parent) if parent is not None else None
+    with _tracer.start_as_current_span(name, context=context, kind=kind, attributes=dict(attributes)) as span:
+        yield span
 
 
 @contextmanager
@@ -141,29 +154,25 @@ def producer_span(routing_key: str, stored: Mapping[str, str] | None, attributes
         dict[str, str]]:
     """A producer span for publishing one event, child of the trace it was written in (``stored``, from
     its envelope); yields the AMQP headers that carry this span to the consumer (empty without tracing)."""
-    if not tracing_enabled() or not stored:
+    if not stored:
         yield {}
         return
-    with _tracer.start_as_current_span(f"{routing_key} publish", context=propagate.extract(stored),
-                                       kind=SpanKind.PRODUCER,
-                                       attributes={"messaging.system": "rabbitmq",
-                                                   "messaging.destination.name": routing_key, **attributes}):
+    with _span(f"{routing_key} publish", SpanKind.PRODUCER,
+               {"messaging.system": "rabbitmq", "messaging.destination.name": routing_key, **attributes},
+               parent=stored) as span:
         headers: dict[str, str] = {}
-        propagate.inject(headers)
+        if span is not None:
+            propagate.inject(headers)
         yield headers
 
 
 @contextmanager
 def consumer_span(event_type: str, headers: Mapping[str, Any] | None, attributes: Mapping[str, str]) -> Iterator[None]:
     """Handle one consumed event inside a consumer span that continues the trace in its AMQP headers."""
-    if not tracing_enabled():
-        yield
-        return
     carrier = {k: str(v) for k, v in (headers or {}).items() if k in ("traceparent", "tracestate")}
-    with _tracer.start_as_current_span(f"{event_type} process", context=propagate.extract(carrier),
-                                       kind=SpanKind.CONSUMER,
-                                       attributes={"messaging.system": "rabbitmq",
-                                                   "messaging.destination.name": event_type, **attributes}):
+    with _span(f"{event_type} process", SpanKind.CONSUMER,
+               {"messaging.system": "rabbitmq", "messaging.destination.name": event_type, **attributes},
+               parent=carrier):
         yield
 
 
@@ -171,22 +180,14 @@ def consumer_span(event_type: str, headers: Mapping[str, Any] | None, attributes
 def job_span(name: str, attributes: Mapping[str, str]) -> Iterator[None]:
     """A job a background worker took from its table (the scheduler's due step): a trace of its own, as a
     consumed event is; the events it writes continue it."""
-    if not tracing_enabled():
-        yield
-        return
-    with _tracer.start_as_current_span(name, kind=SpanKind.CONSUMER, attributes=dict(attributes)):
+    with _span(name, SpanKind.CONSUMER, attributes):
         yield
 
 
-@contextmanager
-def client_span(name: str, attributes: Mapping[str, str | int]) -> Iterator[Any]:
+def client_span(name: str, attributes: Mapping[str, str | int]) -> AbstractContextManager[Any]:
     """A call to an API no instrumentation covers (Gmail's, through httplib2); yields the span (None
     without tracing) for attributes known only after the call."""
-    if not tracing_enabled():
-        yield None
-        return
-    with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=dict(attributes)) as span:
-        yield span
+    return _span(name, SpanKind.CLIENT, attributes)
 
 
 def current_trace_ids() -> tuple[str, str] | None:

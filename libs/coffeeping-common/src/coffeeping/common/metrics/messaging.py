@@ -12,7 +12,7 @@ from kombu.connection import Connection
 from sqlalchemy import Engine
 
 from coffeeping.common.messaging._names import dead_queue, service_queue
-from coffeeping.common.metrics.sampling import SAMPLER, Family, Reading, count_and_oldest, reading_tx
+from coffeeping.common.metrics.sampling import SAMPLER, Family, Reading, watch_rows
 from coffeeping.common.tables import schema_tables
 
 OUTBOX = (
@@ -29,15 +29,7 @@ QUEUES = (
 def watch_outbox(engine: Engine, schema: str) -> None:
     """Sample ``<schema>.outbox``'s backlog and oldest unpublished row through the service's own engine."""
     outbox = schema_tables(schema).outbox
-    query = count_and_oldest(outbox.c.created_at, outbox.c.published_at.is_(None))
-
-    def read() -> Iterator[Reading]:
-        with reading_tx(engine) as conn:
-            count, age = conn.execute(query).one()
-        yield Reading("coffeeping_outbox_backlog", float(count))
-        yield Reading("coffeeping_outbox_oldest_age_seconds", max(0.0, float(age)))
-
-    SAMPLER.add("outbox", OUTBOX, read)
+    watch_rows("outbox", engine, OUTBOX, outbox.c.created_at, outbox.c.published_at.is_(None))
 
 
 class _QueueDepths:

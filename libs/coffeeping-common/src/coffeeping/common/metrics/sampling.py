@@ -64,6 +64,21 @@ def reading_tx(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def watch_rows(source: str, engine: Engine, families: tuple[Family, Family], column: Any, *where: Any) -> None:
+    """Sample, as ``families`` (a count, an age in seconds), how many rows of ``column``'s table match
+    ``where`` and how old the oldest ``column`` among them is."""
+    query = count_and_oldest(column, *where)
+    count_family, age_family = families
+
+    def read() -> Iterator[Reading]:
+        with reading_tx(engine) as conn:
+            count, age = conn.execute(query).one()
+        yield Reading(count_family.name, float(count))
+        yield Reading(age_family.name, max(0.0, float(age)))
+
+    SAMPLER.add(source, families, read)
+
+
 def count_and_oldest(column: Any, *where: Any) -> Select[int, Any]:
     """How many rows of ``column``'s table match ``where``, and the age in seconds of the oldest ``column``
     among them (0 when there is none)."""
